@@ -1,0 +1,28 @@
+"""LEDITS++ in plain torch: edit-friendly inversion, masked semantic guidance, and the editing sampler.
+
+No host (ComfyUI) imports here: a denoiser is any callable D(x, sigma, step) in the k-diffusion
+convention x = x0 + sigma * eps.
+"""
+
+from .attention import AttentionAccumulator
+from .guidance import ConceptSpec, EditGuidance, StepMasks, concept_guidance, source_guidance
+from .inversion import InversionRecord, invert, sample, step_noises
+from .masks import (
+    MASK_MODES,
+    attention_mask,
+    combine_masks,
+    gaussian_kernel,
+    gaussian_smooth,
+    noise_mask,
+    quantile_mask,
+)
+from .schedules import karras_sigmas, kept_sigmas, total_schedule_steps
+from .steppers import STEPPERS, StepHistory, apply_noise, ddpm_step, dpmpp_2m_sde_step, get_stepper
+
+__all__ = [
+    "AttentionAccumulator", "ConceptSpec", "EditGuidance", "StepMasks", "concept_guidance", "source_guidance",
+    "InversionRecord", "invert", "sample", "step_noises", "MASK_MODES", "attention_mask", "combine_masks",
+    "gaussian_kernel", "gaussian_smooth", "noise_mask", "quantile_mask", "karras_sigmas", "kept_sigmas",
+    "total_schedule_steps", "STEPPERS", "StepHistory", "apply_noise", "ddpm_step", "dpmpp_2m_sde_step",
+    "get_stepper",
+]
