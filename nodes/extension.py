@@ -1,0 +1,17 @@
+"""Registration: the pack's node list for the host's V3 extension API."""
+
+from comfy_api.latest import ComfyExtension, io
+from typing_extensions import override
+
+from .concept_node import LeditsConceptEdit
+from .inversion_node import LeditsInversionNode
+from .preview_node import LeditsMaskPreview
+from .sampler_nodes import LeditsGuiderNode, LeditsSampler
+
+NODES = [LeditsInversionNode, LeditsConceptEdit, LeditsSampler, LeditsGuiderNode, LeditsMaskPreview]
+
+
+class LeditsExtension(ComfyExtension):
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)

@@ -1,0 +1,167 @@
+"""LEDITS++ guidance inside the host's sampling machinery: a CFGGuider and two KSAMPLER functions."""
+
+from __future__ import annotations
+
+import logging
+
+import comfy.model_management
+import comfy.samplers
+import torch
+
+from .. import ledits_core as core
+from .capture import AttentionCapture, patched_clone
+from .host_model import quarter_resolution_blocks, with_size_conditioning
+from .objects import LeditsConcept, LeditsInversion
+
+log = logging.getLogger(__name__)
+
+
+def _interrupt():
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def concept_specs(concepts: list[LeditsConcept], steps: int, latent_shape) -> list[core.ConceptSpec]:
+    """Core concept specs: warmup/cooldown fractions -> step indices, user MASK -> (B or 1, 1, h, w)."""
+    specs = []
+    for c in concepts:
+        first, end = c.step_window(steps)
+        specs.append(core.ConceptSpec(scale=c.scale, threshold=c.threshold, reverse=c.reverse, warmup=first,
+                                      cooldown=end, user_mask=latent_mask(c.mask, latent_shape), label=c.label))
+    return specs
+
+
+def latent_mask(mask: torch.Tensor | None, latent_shape) -> torch.Tensor | None:
+    """A host MASK (H, W) or (B, H, W) at any size -> (B or 1, 1, h, w) at the latent size (bilinear)."""
+    if mask is None:
+        return None
+    m = mask.float().reshape(-1, 1, mask.shape[-2], mask.shape[-1])
+    batch = int(latent_shape[0])
+    if m.shape[0] not in (1, batch):
+        raise ValueError(f"the concept's mask has {m.shape[0]} frames but the image batch has {batch}: "
+                         "use one mask, or one per image")
+    return torch.nn.functional.interpolate(m, size=tuple(latent_shape[-2:]), mode="bilinear", align_corners=False)
+
+
+class LeditsGuider(comfy.samplers.CFGGuider):
+    """One batched calc_cond_batch of [uncond, (source), active concepts] per step, then LEDITS++ guidance."""
+
+    def setup(self, inversion: LeditsInversion, concepts: list[LeditsConcept], mask_mode: str = "intersect",
+              capture: AttentionCapture | None = None):
+        """Set the conds (uncond, source, one per concept) and the guidance; concepts may be empty."""
+        self.inversion = inversion
+        self.source_scale = inversion.source_scale if inversion.source is not None else 0.0
+        shape, kind = inversion.latent_shape, inversion.kind
+        self.guidance = core.EditGuidance(concept_specs(concepts, inversion.steps, shape), mask_mode)
+        self.capture = capture
+        conds = {"uncond": with_size_conditioning(inversion.uncond, kind, shape)}
+        if inversion.source is not None:
+            conds["source"] = with_size_conditioning(inversion.source, kind, shape)
+        for i, c in enumerate(concepts):
+            conds[f"concept_{i}"] = with_size_conditioning(c.conditioning, kind, shape)
+        self.inner_set_conds(conds)
+        return self
+
+    def sample(self, *args, **kwargs):
+        self.guidance.masks = {}
+        return super().sample(*args, **kwargs)
+
+    def step_index(self, timestep, model_options) -> int:
+        sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
+        if sigmas is None:
+            sigmas = self.inversion.record.sigmas
+        sigmas = sigmas.to(timestep.device, torch.float32)[:-1]
+        return int(torch.argmin((sigmas - timestep.flatten()[0].float()).abs()))
+
+    def predict_noise(self, x, timestep, model_options=None, seed=None):
+        model_options = model_options or {}
+        step = self.step_index(timestep, model_options)
+        active = self.guidance.active(step)
+        conds = [self.conds["uncond"]] + ([self.conds["source"]] if "source" in self.conds else [])
+        offset = len(conds)
+        conds += [self.conds[f"concept_{i}"] for i in active]
+        use_capture = self.capture is not None and self.guidance.needs_attention and active
+        if use_capture:
+            self.capture.begin_step({offset + j: c for j, c in enumerate(active)})
+            self.capture.enabled = True
+        try:
+            out = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
+        finally:
+            if self.capture is not None:
+                self.capture.enabled = False
+        attn = self.capture.end_step() if use_capture else {}
+        if use_capture and not attn:
+            log.warning("[LEDITS++] no cross-attention at 1/4 latent resolution was seen at step %d; "
+                        "the attention mask falls back to the noise mask", step)
+        out = self._pre_cfg(conds, out, x, timestep, model_options)
+        uncond = out[0]
+        base = core.source_guidance(uncond, out[1], self.source_scale) if offset == 2 else uncond
+        preds = {c: out[offset + j] for j, c in enumerate(active)}
+        guided = self.guidance(step, base, uncond, preds, attn)
+        return self._post_cfg(conds, guided, base, uncond, x, timestep, model_options)
+
+    def _pre_cfg(self, conds, out, x, timestep, model_options):
+        for fn in model_options.get("sampler_pre_cfg_function", []):
+            out = fn({"conds": conds, "conds_out": out, "cond_scale": 1.0, "timestep": timestep, "input": x,
+                      "sigma": timestep, "model": self.inner_model, "model_options": model_options})
+        return out
+
+    def _post_cfg(self, conds, guided, base, uncond, x, timestep, model_options):
+        for fn in model_options.get("sampler_post_cfg_function", []):
+            guided = fn({"denoised": guided, "cond": conds[1] if len(conds) > 1 else None, "uncond": conds[0],
+                         "model": self.inner_model, "uncond_denoised": uncond, "cond_denoised": base,
+                         "cond_scale": 1.0, "sigma": timestep, "model_options": model_options, "input": x})
+        return guided
+
+
+def _k_callback(callback, sigmas):
+    """Adapt core progress (i, x, denoised) to the k-diffusion callback dict the host's KSAMPLER expects."""
+    if callback is None:
+        return None
+    return lambda i, x, d: callback({"i": i, "x": x, "denoised": d, "sigma": sigmas[i], "sigma_hat": sigmas[i]})
+
+
+def _denoiser(model, extra_args, batch, like):
+    s_in = like.new_ones([batch])
+    return lambda x, sigma, i: model(x, sigma * s_in, **extra_args)
+
+
+def inversion_sampler(sink: list, sigmas: torch.Tensor, sampler: str, seed: int, settings: dict):
+    """A KSAMPLER that inverts its input latent (given with zero noise, so x = x0) and returns it unchanged."""
+    def ledits_invert(model, x, sigmas_in, extra_args=None, callback=None, disable=None):
+        record = core.invert(x, sigmas, _denoiser(model, extra_args or {}, x.shape[0], x), sampler, seed,
+                             callback=_k_callback(callback, sigmas), interrupt=_interrupt, settings=settings)
+        sink.append(record)
+        return x
+    return comfy.samplers.KSAMPLER(ledits_invert)
+
+
+def edit_sampler(inversion: LeditsInversion):
+    """A KSAMPLER that replays the inversion's noise maps from its start state; the incoming x is ignored."""
+    def ledits_edit(model, x, sigmas_in, extra_args=None, callback=None, disable=None):
+        record = inversion.record
+        if sigmas_in.shape[-1] != record.sigmas.shape[-1] or not torch.allclose(
+                sigmas_in.float().cpu(), record.sigmas.float(), rtol=1e-5, atol=1e-6):
+            raise ValueError("the SIGMAS given to the sampler are not the inversion's: connect the SIGMAS output "
+                             "of LEDITS Guider to SamplerCustomAdvanced")
+        if tuple(x.shape) != tuple(record.x_start.shape):
+            raise ValueError(f"the inversion was made for a latent of shape {tuple(record.x_start.shape)}, the "
+                             f"sampler got {tuple(x.shape)}: use the same latent, or re-run LEDITS Inversion")
+        record = record.to(x.device, x.dtype)
+        return core.sample(record, _denoiser(model, extra_args or {}, x.shape[0], x),
+                           callback=_k_callback(callback, record.sigmas), interrupt=_interrupt)
+    return comfy.samplers.KSAMPLER(ledits_edit)
+
+
+def edit_guider(model, inversion: LeditsInversion, concepts: list[LeditsConcept], mask_mode: str) -> LeditsGuider:
+    """A guider on a clone of model, with attention capture on the 1/4-resolution blocks when M1 is used."""
+    capture = None
+    if concepts and mask_mode in ("intersect", "attention"):
+        capture = AttentionCapture({i: list(c.token_positions) for i, c in enumerate(concepts)},
+                                   {i: c.context_len for i, c in enumerate(concepts)})
+        blocks = quarter_resolution_blocks(model)
+        if not blocks:
+            log.warning("[LEDITS++] this UNet has no 1/4-resolution level; masks use the noise mask only")
+        model = patched_clone(model, capture, blocks)
+    else:
+        model = model.clone()
+    return LeditsGuider(model).setup(inversion, concepts, mask_mode, capture)

@@ -1,0 +1,82 @@
+"""What LEDITS++ needs to know about a host MODEL: its family, where 1/4-resolution cross-attention is."""
+
+from __future__ import annotations
+
+import torch
+
+from .objects import ModelKind
+
+SUPPORTED = "SD1.x, SD2.x (eps and v-prediction) and SDXL base checkpoints"
+
+
+def model_kind(model) -> ModelKind:
+    """Family / prediction / latent format of a ModelPatcher; raises for anything but SD1.x, SD2.x, SDXL."""
+    import comfy.model_base as mb
+    import comfy.supported_models as sm
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    base = model.model
+    name = type(base.model_config).__name__
+    if not isinstance(getattr(base, "diffusion_model", None), UNetModel):
+        raise ValueError(f"LEDITS++ does not support this model ({name}); it supports {SUPPORTED}.")
+    if type(base) is mb.SDXL:
+        family = "sdxl"
+    elif type(base) is mb.BaseModel:
+        family = "sd2" if isinstance(base.model_config, sm.SD20) else "sd1"
+    else:
+        raise ValueError(f"LEDITS++ does not support this model ({name}); it supports {SUPPORTED}.")
+    prediction = {mb.ModelType.EPS: "eps", mb.ModelType.V_PREDICTION: "v"}.get(base.model_type)
+    if prediction is None:
+        raise ValueError(f"LEDITS++ supports eps and v-prediction models; {name} uses {base.model_type.name}.")
+    return ModelKind(family, prediction, type(base.latent_format).__name__)
+
+
+def quarter_resolution_blocks(model) -> list[tuple[str, int]]:
+    """(block_name, number) of the UNet blocks that run at 1/4 of the latent resolution (level 2).
+
+    Input blocks: 1 + sum over earlier levels of (res blocks + downsample); output blocks mirror it.
+    SD1.x/2.x -> input 7, 8 / output 3, 4, 5;  SDXL -> input 7, 8 / output 0, 1, 2.
+    """
+    cfg = model.model.model_config.unet_config
+    mult = list(cfg["channel_mult"])
+    nres = cfg["num_res_blocks"]
+    nres = list(nres) if isinstance(nres, (list, tuple)) else [nres] * len(mult)
+    level = 2
+    if len(mult) <= level:
+        return []
+    first_in = 1 + sum(nres[i] + 1 for i in range(level))
+    inputs = [("input", first_in + j) for j in range(nres[level])]
+    first_out = sum(nres[i] + 1 for i in range(len(mult) - 1, level, -1))
+    outputs = [("output", first_out + j) for j in range(nres[level] + 1)]
+    return inputs + outputs
+
+
+def empty_conditioning(clip, kind: ModelKind) -> list:
+    """The unconditional CONDITIONING: the empty prompt (SD1/2), zeros of its shape for SDXL (as diffusers)."""
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+    if kind.family != "sdxl":
+        return cond
+    out = []
+    for tensor, extra in cond:
+        extra = dict(extra)
+        if "pooled_output" in extra:
+            extra["pooled_output"] = torch.zeros_like(extra["pooled_output"])
+        out.append([torch.zeros_like(tensor), extra])
+    return out
+
+
+def with_size_conditioning(conditioning: list, kind: ModelKind, latent_shape) -> list:
+    """SDXL: fill width/height/target size from the latent (H, W order kept), where a cond does not set them."""
+    if kind.family != "sdxl":
+        return conditioning
+    height, width = int(latent_shape[-2]) * 8, int(latent_shape[-1]) * 8
+    size = {"width": width, "height": height, "target_width": width, "target_height": height,
+            "crop_w": 0, "crop_h": 0}
+    return [[t, {**size, **extra}] for t, extra in conditioning]
+
+
+def conditioning_to_cpu(conditioning: list) -> list:
+    """A copy of a CONDITIONING with its tensors on the CPU (so cached values do not pin GPU memory)."""
+    def move(v):
+        return v.detach().cpu() if isinstance(v, torch.Tensor) else v
+    return [[move(t), {k: move(v) for k, v in extra.items()}] for t, extra in conditioning]

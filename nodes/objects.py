@@ -1,0 +1,95 @@
+"""The values that travel on LEDITS++ links: an inversion, a list of concepts, the masks of a run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..ledits_core import InversionRecord, StepMasks
+
+CONCEPT_COLOURS = (
+    (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+    (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255), (170, 110, 40),
+    (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0),
+)
+"""One colour per concept, in chain order; the live preview and the mask preview share them."""
+
+
+def concept_colour(index: int) -> tuple[int, int, int]:
+    return CONCEPT_COLOURS[index % len(CONCEPT_COLOURS)]
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """What an inversion is tied to: the model family, its prediction type and its latent format."""
+
+    family: str
+    prediction: str
+    latent_format: str
+
+    def describe(self) -> str:
+        return f"{self.family} ({self.prediction}-prediction, {self.latent_format} latents)"
+
+
+@dataclass(frozen=True)
+class LeditsInversion:
+    """LEDITS_INVERSION: the core record (model-space latents, CPU) plus what sampling must reuse.
+
+    uncond / source are host CONDITIONING lists; the sampler uses the very same ones so that an edit
+    without concepts reproduces the input.
+    """
+
+    record: InversionRecord
+    kind: ModelKind
+    latent_shape: tuple
+    uncond: list
+    source: list | None = None
+    source_scale: float = 0.0
+    scheduler: str = "karras"
+    skip: float = 0.15
+
+    @property
+    def steps(self) -> int:
+        return self.record.steps
+
+
+@dataclass(frozen=True)
+class LeditsConcept:
+    """One edit. token_positions index the concept's own cross-attention context (length context_len)."""
+
+    label: str
+    conditioning: list
+    token_positions: tuple
+    context_len: int
+    scale: float = 5.0
+    threshold: float = 0.9
+    reverse: bool = False
+    warmup: float = 0.0
+    cooldown: float = 1.0
+    mask: torch.Tensor | None = None
+
+    def step_window(self, steps: int) -> tuple[int, int]:
+        """(first step, step after the last) that this concept acts on, from its warmup/cooldown fractions."""
+        return int(round(self.warmup * steps)), int(round(self.cooldown * steps))
+
+
+@dataclass
+class LeditsMasks:
+    """LEDITS_MASKS: per step, per concept, the attention (M1), noise (M2) and final masks of a run."""
+
+    labels: list
+    steps: int
+    latent_hw: tuple
+    batch: int
+    per_step: dict = field(default_factory=dict)
+
+    def stack(self, which: str, concept: int, first: int, last: int) -> torch.Tensor | None:
+        """Mean over steps first..last (inclusive) of one mask kind: (B, H, W) float32, None if never computed."""
+        maps = []
+        for step in range(first, last + 1):
+            masks: StepMasks | None = self.per_step.get(step, {}).get(concept)
+            m = getattr(masks, which) if masks is not None else None
+            if m is not None:
+                maps.append(m[:, 0].float())
+        return torch.stack(maps).mean(0) if maps else None

@@ -1,0 +1,105 @@
+"""LEDITS Sampler (the edit) and LEDITS Guider (the same edit for SamplerCustomAdvanced)."""
+
+from __future__ import annotations
+
+import comfy.utils
+import latent_preview
+import torch
+from comfy_api.latest import io
+
+from ..ledits_core import MASK_MODES
+from .guider import edit_guider, edit_sampler
+from .host_model import model_kind
+from .objects import LeditsInversion, LeditsMasks
+from .types import CATEGORY, LeditsConceptsType, LeditsInversionType, LeditsMasksType
+
+MASK_MODE_TOOLTIP = ("Where each edit may act. intersect (recommended): attention map AND noise map; attention: "
+                     "cross-attention only; noise: noise-estimate only; none: everywhere.")
+
+
+def check_compatible(model, inversion: LeditsInversion) -> None:
+    """Raise before any work if the MODEL is not the kind the inversion was made with."""
+    if not isinstance(inversion, LeditsInversion):
+        raise ValueError("expected a LEDITS_INVERSION from the LEDITS Inversion node")
+    kind = model_kind(model)
+    if kind != inversion.kind:
+        raise ValueError(f"the inversion was made with a {inversion.kind.describe()} model, this MODEL is "
+                         f"{kind.describe()}: connect the same checkpoint, or re-run LEDITS Inversion with this one")
+
+
+def run_edit(model, inversion: LeditsInversion, concepts, mask_mode: str = "intersect"):
+    """Edit: replay the inversion with LEDITS++ guidance. Returns (raw latent, LeditsMasks)."""
+    check_compatible(model, inversion)
+    if mask_mode not in MASK_MODES:
+        raise ValueError(f"unknown mask mode {mask_mode!r}; choose one of {', '.join(MASK_MODES)}")
+    concepts = list(concepts or ())
+    guider = edit_guider(model, inversion, concepts, mask_mode)
+    shape = inversion.latent_shape
+    zeros = torch.zeros(shape)
+    out = guider.sample(zeros, zeros, edit_sampler(inversion), inversion.record.sigmas.float(),
+                        callback=latent_preview.prepare_callback(model, inversion.steps),
+                        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=inversion.record.settings.get("seed"))
+    masks = LeditsMasks([c.label for c in concepts], inversion.steps, tuple(shape[-2:]), int(shape[0]),
+                        dict(guider.guidance.masks))
+    return out.cpu(), masks
+
+
+class LeditsSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LeditsSampler",
+            display_name="LEDITS Sampler",
+            category=CATEGORY,
+            description="Regenerates the inverted photo while applying the chained concept edits, each only "
+                        "where it belongs. With no concepts it returns the photo unchanged.",
+            inputs=[
+                io.Model.Input("model", tooltip="The same MODEL the inversion was made with (LoRAs are fine)."),
+                LeditsInversionType.Input("inversion", tooltip="From LEDITS Inversion."),
+                LeditsConceptsType.Input("concepts", optional=True,
+                                         tooltip="From LEDITS Concept Edit. Leave empty to reconstruct the photo."),
+                io.Combo.Input("mask_mode", options=list(MASK_MODES), default="intersect", tooltip=MASK_MODE_TOOLTIP),
+            ],
+            outputs=[io.Latent.Output(display_name="latent"), LeditsMasksType.Output(display_name="masks")],
+        )
+
+    @classmethod
+    def execute(cls, model, inversion, mask_mode, concepts=None) -> io.NodeOutput:
+        samples, masks = run_edit(model, inversion, concepts, mask_mode)
+        return io.NodeOutput({"samples": samples}, masks)
+
+
+class LeditsDisabledNoise:
+    """NOISE for SamplerCustomAdvanced: LEDITS++ starts from the inversion's own state, not from fresh noise."""
+
+    seed = 0
+
+    def generate_noise(self, input_latent):
+        samples = input_latent["samples"]
+        return torch.zeros(samples.shape, dtype=samples.dtype, layout=samples.layout, device="cpu")
+
+
+class LeditsGuiderNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LeditsGuider",
+            display_name="LEDITS Guider",
+            category=CATEGORY,
+            description="The LEDITS Sampler's edit as parts for SamplerCustomAdvanced: connect GUIDER, SAMPLER, "
+                        "SIGMAS and NOISE there, with the photo's latent. Gives the same latent as LEDITS Sampler.",
+            inputs=[
+                io.Model.Input("model", tooltip="The same MODEL the inversion was made with."),
+                LeditsInversionType.Input("inversion", tooltip="From LEDITS Inversion."),
+                LeditsConceptsType.Input("concepts", optional=True, tooltip="From LEDITS Concept Edit."),
+                io.Combo.Input("mask_mode", options=list(MASK_MODES), default="intersect", tooltip=MASK_MODE_TOOLTIP),
+            ],
+            outputs=[io.Guider.Output(display_name="guider"), io.Sampler.Output(display_name="sampler"),
+                     io.Sigmas.Output(display_name="sigmas"), io.Noise.Output(display_name="noise")],
+        )
+
+    @classmethod
+    def execute(cls, model, inversion, mask_mode, concepts=None) -> io.NodeOutput:
+        check_compatible(model, inversion)
+        guider = edit_guider(model, inversion, list(concepts or ()), mask_mode)
+        return io.NodeOutput(guider, edit_sampler(inversion), inversion.record.sigmas.float(), LeditsDisabledNoise())
