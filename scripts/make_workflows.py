@@ -1,0 +1,151 @@
+"""Writes example_workflows/*.json (ComfyUI UI format) and their .jpg thumbnails, plus the sample photo.
+
+Run from the repo root: python scripts/make_workflows.py. The workflows are data; this script keeps
+them consistent with each other (same layout, same widget order as the nodes' schemas).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "example_workflows"
+SAMPLE_NAME = "ledits_sample.png"
+
+# (type, outputs [(name, type)], widgets_values); inputs are given per link below.
+NODE_OUTPUTS = {
+    "CheckpointLoaderSimple": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+    "LoadImage": [("IMAGE", "IMAGE"), ("MASK", "MASK")],
+    "VAEEncode": [("LATENT", "LATENT")],
+    "VAEDecode": [("IMAGE", "IMAGE")],
+    "SaveImage": [],
+    "LeditsInversion": [("inversion", "LEDITS_INVERSION")],
+    "LeditsConceptEdit": [("concepts", "LEDITS_CONCEPTS")],
+    "LeditsSampler": [("latent", "LATENT"), ("masks", "LEDITS_MASKS")],
+    "LeditsMaskPreview": [("preview", "IMAGE"), ("mask", "MASK")],
+}
+TITLES = {"LeditsInversion": "LEDITS Inversion", "LeditsConceptEdit": "LEDITS Concept Edit",
+          "LeditsSampler": "LEDITS Sampler", "LeditsMaskPreview": "LEDITS Mask Preview"}
+
+
+class Graph:
+    """A tiny builder for the UI workflow format (nodes with links, widgets_values in schema order)."""
+
+    def __init__(self):
+        self.nodes, self.links = [], []
+
+    def add(self, node_type, pos, widgets, inputs=(), size=(320, 180)):
+        node_id = len(self.nodes) + 1
+        node = {"id": node_id, "type": node_type, "pos": list(pos), "size": list(size), "flags": {},
+                "order": node_id - 1, "mode": 0, "inputs": [],
+                "outputs": [{"name": n, "type": t, "links": [], "slot_index": i}
+                            for i, (n, t) in enumerate(NODE_OUTPUTS[node_type])],
+                "properties": {"Node name for S&R": node_type}, "widgets_values": list(widgets)}
+        if node_type in TITLES:
+            node["title"] = TITLES[node_type]
+        self.nodes.append(node)
+        for slot, (name, (src, src_slot)) in enumerate(inputs):
+            link_id = len(self.links) + 1
+            src_node = self.nodes[src - 1]
+            link_type = src_node["outputs"][src_slot]["type"]
+            self.links.append([link_id, src, src_slot, node_id, slot, link_type])
+            src_node["outputs"][src_slot]["links"].append(link_id)
+            node["inputs"].append({"name": name, "type": link_type, "link": link_id})
+        return node_id
+
+    def to_json(self, title):
+        return {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
+                "links": self.links, "groups": [], "config": {},
+                "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}, "info": {"name": title}}, "version": 0.4}
+
+
+def edit_workflow(ckpt, concepts, steps=50, seed=42, preview=True):
+    g = Graph()
+    loader = g.add("CheckpointLoaderSimple", (20, 40), [ckpt], size=(320, 100))
+    image = g.add("LoadImage", (20, 200), [SAMPLE_NAME, "image"], size=(320, 320))
+    latent = g.add("VAEEncode", (380, 300), [], [("pixels", (image, 0)), ("vae", (loader, 2))], size=(200, 50))
+    inversion = g.add("LeditsInversion", (380, 40), [steps, 0.15, "dpmpp_2m_sde", "karras", seed, "fixed", 3.5],
+                      [("model", (loader, 0)), ("clip", (loader, 1)), ("latent", (latent, 0))], size=(320, 240))
+    previous = None
+    for i, (text, scale, threshold, reverse) in enumerate(concepts):
+        inputs = [("clip", (loader, 1))] + ([("previous", (previous, 0))] if previous else [])
+        previous = g.add("LeditsConceptEdit", (740, 40 + 300 * i), [text, scale, threshold, reverse, 0.0, 1.0],
+                         inputs, size=(320, 280))
+    sampler_inputs = [("model", (loader, 0)), ("inversion", (inversion, 0))]
+    if previous:
+        sampler_inputs.append(("concepts", (previous, 0)))
+    sampler = g.add("LeditsSampler", (1100, 40), ["intersect"], sampler_inputs, size=(280, 100))
+    decoded = g.add("VAEDecode", (1100, 200), [], [("samples", (sampler, 0)), ("vae", (loader, 2))], size=(200, 50))
+    g.add("SaveImage", (1420, 40), ["ledits_edit"], [("images", (decoded, 0))], size=(360, 380))
+    if preview and previous:
+        g.add("LeditsMaskPreview", (1100, 300), ["final", 0, -1],
+              [("masks", (sampler, 1)), ("image", (image, 0))], size=(300, 340))
+    return g
+
+
+def thumbnail(workflow, path, title):
+    """A small picture of the graph: one box per node, links as lines, the title on top."""
+    img = Image.new("RGB", (480, 270), (32, 34, 38))
+    draw = ImageDraw.Draw(img)
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    xs = [n["pos"][0] for n in nodes.values()] + [n["pos"][0] + n["size"][0] for n in nodes.values()]
+    ys = [n["pos"][1] for n in nodes.values()] + [n["pos"][1] + n["size"][1] for n in nodes.values()]
+    scale = min(460 / (max(xs) - min(xs)), 220 / (max(ys) - min(ys)))
+
+    def box(n):
+        x0 = 10 + (n["pos"][0] - min(xs)) * scale
+        y0 = 40 + (n["pos"][1] - min(ys)) * scale
+        return x0, y0, x0 + n["size"][0] * scale, y0 + n["size"][1] * scale
+
+    for _, src, _, dst, _, _ in workflow["links"]:
+        a, b = box(nodes[src]), box(nodes[dst])
+        draw.line([(a[2], (a[1] + a[3]) / 2), (b[0], (b[1] + b[3]) / 2)], fill=(140, 140, 160), width=2)
+    for n in nodes.values():
+        ours = n["type"].startswith("Ledits")
+        draw.rectangle(box(n), fill=(70, 50, 110) if ours else (60, 62, 70), outline=(200, 200, 210))
+        draw.text((box(n)[0] + 3, box(n)[1] + 2), n.get("title", n["type"])[:22], fill=(235, 235, 240))
+    draw.text((10, 10), title, fill=(255, 255, 255))
+    img.save(path, quality=85)
+
+
+def sample_photo(path, size=512):
+    """A synthetic 'photo' (a face-like figure on a gradient) to run the workflows on; no real photo is shipped."""
+    img = Image.new("RGB", (size, size))
+    px = img.load()
+    for y in range(size):
+        for x in range(size):
+            px[x, y] = (int(90 + 80 * y / size), int(140 + 60 * math.sin(x / 60)), int(200 - 90 * y / size))
+    d = ImageDraw.Draw(img)
+    s = size / 512
+    d.ellipse([156 * s, 96 * s, 356 * s, 336 * s], fill=(224, 180, 150))
+    d.ellipse([206 * s, 180 * s, 236 * s, 206 * s], fill=(40, 40, 40))
+    d.ellipse([276 * s, 180 * s, 306 * s, 206 * s], fill=(40, 40, 40))
+    d.arc([216 * s, 230 * s, 296 * s, 290 * s], 20, 160, fill=(120, 40, 40), width=max(1, int(5 * s)))
+    d.rectangle([136 * s, 336 * s, 376 * s, 512 * s], fill=(50, 70, 130))
+    img.save(path)
+
+
+WORKFLOWS = {
+    "ledits_edit_photo_sd15": ("LEDITS++: edit a photo (SD1.5)", "v1-5-pruned-emaonly.safetensors",
+                               [("sunglasses", 6.0, 0.9, False), ("smile", 4.0, 0.9, False)]),
+    "ledits_edit_photo_sdxl": ("LEDITS++: edit a photo (SDXL)", "sd_xl_base_1.0.safetensors",
+                               [("sunglasses", 6.0, 0.9, False), ("beard", 5.0, 0.85, True)]),
+    "ledits_reconstruct_only": ("LEDITS++: invert and reconstruct (no edit)", "v1-5-pruned-emaonly.safetensors", []),
+}
+
+
+def main():
+    OUT.mkdir(exist_ok=True)
+    for name, (title, ckpt, concepts) in WORKFLOWS.items():
+        workflow = edit_workflow(ckpt, concepts).to_json(title)
+        (OUT / f"{name}.json").write_text(json.dumps(workflow, indent=2) + "\n")
+        thumbnail(workflow, OUT / f"{name}.jpg", title)
+    sample_photo(ROOT / "assets" / SAMPLE_NAME)
+
+
+if __name__ == "__main__":
+    main()
