@@ -1,0 +1,53 @@
+"""Host test harness: tests in this folder run against the real ComfyUI host, in-process.
+
+Without a host checkout (``COMFYUI_PATH``, default ``~/ComfyUI``) every test here is skipped,
+with the reason in the summary. Test modules import ``hostenv`` (this folder is put on
+``sys.path``) and must not import the host at module level: use the ``host`` fixture.
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.append(str(HERE))
+
+import hostenv  # noqa: E402
+
+
+def pytest_report_header(config):
+    """Say which host the host tests use, or why they are skipped."""
+    reason = hostenv.host_missing_reason()
+    return f"ComfyUI host: {reason}" if reason else f"ComfyUI host: {hostenv.host_path()}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip every test of this folder, loudly, when the host is missing."""
+    reason = hostenv.host_missing_reason()
+    if reason is None:
+        return
+    for item in items:
+        if HERE in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def host():
+    """The ``hostenv`` module, with the host imported (CPU unless ``COMFYUI_TEST_ARGS`` says so)."""
+    hostenv.import_host()
+    return hostenv
+
+
+@pytest.fixture(scope="session")
+def random_models(host):
+    """Our ``nodes/random_models.py``, imported as a submodule of the pack package."""
+    return host.import_pack_module("nodes.random_models")
+
+
+@pytest.fixture
+def server(host):
+    """The recording stand-in for the web server, emptied for this test."""
+    host.SERVER.messages.clear()
+    return host.SERVER

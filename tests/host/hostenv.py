@@ -1,0 +1,334 @@
+"""Import the real ComfyUI host in-process and drive it from tests.
+
+* The host is found through ``COMFYUI_PATH`` (default ``~/ComfyUI``); ``host_missing_reason()``
+  says why it cannot be used (the conftest turns that into a skip of every host test).
+* ``import_host()`` imports it the way its ``main.py`` does, with the command-line arguments in
+  ``COMFYUI_TEST_ARGS`` (default ``--cpu``; ``COMFYUI_TEST_THREADS=n`` caps torch's CPU threads,
+  much faster on a busy machine), input/output/temp/user folders in a scratch
+  directory (the host checkout is never written), a recording stand-in for the web server, and
+  a test-only node that builds random-weight checkpoints (``RANDOM_LOADER``).
+* ``load_pack()`` loads this repository as the host loads a custom node folder.
+* ``run_prompt()`` validates and executes an API-format prompt with the host's executor.
+
+Nothing here imports the host at import time.
+"""
+
+import asyncio
+import atexit
+import contextlib
+import importlib
+import importlib.machinery
+import importlib.util
+import logging
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+PACK_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_HOST_ARGS = "--cpu"
+RANDOM_LOADER = "LeditsTestRandomCheckpoint"
+
+# Top-level names that must resolve to the host's modules (our pack has a ``nodes/`` folder).
+_HOST_MODULES = ("nodes", "execution", "server", "folder_paths", "comfy", "utils")
+
+
+def host_path():
+    """Where the host checkout is expected: ``$COMFYUI_PATH`` or ``~/ComfyUI``."""
+    return Path(os.environ.get("COMFYUI_PATH") or "~/ComfyUI").expanduser().resolve()
+
+
+def host_missing_reason():
+    """None when the host is usable, else a sentence saying why not and what to do."""
+    path = host_path()
+    if (path / "nodes.py").is_file() and (path / "comfy" / "model_management.py").is_file():
+        return None
+    return (f"ComfyUI host not found at {path}; set COMFYUI_PATH to a ComfyUI checkout "
+            "(>= 0.3.64, see DESIGN.md section 5) to run the host tests")
+
+
+class DummyServer:
+    """Stands in for ``server.PromptServer``: records every message instead of sending it."""
+
+    def __init__(self):
+        self.client_id = None
+        self.last_node_id = None
+        self.last_prompt_id = None
+        self.sockets_metadata = {}
+        self.messages = []
+
+    def send_sync(self, event, data, sid=None):
+        """Record ``(event, data)``."""
+        self.messages.append((event, data))
+
+    def send_progress_text(self, text, node_id, sid=None):
+        """Record a progress text as a ``("progress_text", {...})`` message."""
+        self.messages.append(("progress_text", {"text": text, "node": node_id}))
+
+    def queue_updated(self):
+        """Nothing to update: there is no queue."""
+
+    def events(self, event):
+        """The data of every recorded message of one event type."""
+        return [data for name, data in self.messages if name == event]
+
+
+SERVER = DummyServer()
+_state = {"imported": False, "scratch": None}
+
+
+def _parse_host_args():
+    """Import ``comfy.cli_args`` with ``COMFYUI_TEST_ARGS`` as the host's command line."""
+    import comfy.options
+
+    host_args = shlex.split(os.environ.get("COMFYUI_TEST_ARGS", DEFAULT_HOST_ARGS))
+    if "comfy.cli_args" in sys.modules:  # parsed before us (without arguments): at least honour --cpu
+        if "--cpu" in host_args:
+            if "comfy.model_management" in sys.modules:
+                raise RuntimeError("comfy.model_management was imported before the test harness; cannot force --cpu")
+            sys.modules["comfy.cli_args"].args.cpu = True
+        return
+    argv = sys.argv
+    sys.argv = ["main.py", *host_args]
+    comfy.options.enable_args_parsing(True)
+    try:
+        import comfy.cli_args  # noqa: F401
+    finally:
+        comfy.options.enable_args_parsing(False)
+        sys.argv = argv
+
+
+def _check_not_shadowed(path):
+    """Fail loudly if a host top-level name was already imported from somewhere else."""
+    for name in _HOST_MODULES:
+        module = sys.modules.get(name)
+        origin = getattr(module, "__file__", None) or str(next(iter(getattr(module, "__path__", [])), ""))
+        if module is not None and not Path(origin).resolve().is_relative_to(path):
+            raise RuntimeError(f"module {name!r} was imported from {origin} before the host; the host's "
+                               f"own {name!r} is needed (never import the pack's 'nodes' folder as top-level)")
+
+
+def _use_scratch_dirs():
+    """Point the host's input/output/temp/user folders at a fresh scratch directory."""
+    import folder_paths
+
+    scratch = Path(tempfile.mkdtemp(prefix="comfy_host_test_"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    for kind in ("input", "output", "temp", "user"):
+        (scratch / kind).mkdir()
+        getattr(folder_paths, f"set_{kind}_directory")(str(scratch / kind))
+    _state["scratch"] = scratch
+
+
+def _progress_hook(value, total, preview_image, prompt_id=None, node_id=None):
+    """Like the hook ``main.py`` installs: check for interrupts, record a ``progress`` message."""
+    import comfy.model_management
+    from comfy_execution.progress import get_progress_state
+    from comfy_execution.utils import get_executing_context
+
+    context = get_executing_context()
+    if context is not None:
+        prompt_id = prompt_id or context.prompt_id
+        node_id = node_id or context.node_id
+    comfy.model_management.throw_exception_if_processing_interrupted()
+    get_progress_state().update_progress(node_id, value, total, preview_image)
+    SERVER.send_sync("progress", {"value": value, "max": total, "prompt_id": prompt_id, "node": node_id})
+
+
+def import_host():
+    """Import the host in-process (idempotent) and return its ``nodes`` module."""
+    if _state["imported"]:
+        return sys.modules["nodes"]
+    reason = host_missing_reason()
+    if reason is not None:
+        raise RuntimeError(reason)
+    path = host_path()
+    _check_not_shadowed(path)
+    if os.environ.get("COMFYUI_TEST_THREADS"):
+        import torch
+
+        torch.set_num_threads(int(os.environ["COMFYUI_TEST_THREADS"]))
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))  # before the repo root: the host's 'nodes' must win
+    _parse_host_args()
+    import utils.extra_config  # noqa: F401  (main.py imports the 'utils' package before nodes.py)
+    _use_scratch_dirs()
+    import comfy.utils
+    import execution  # noqa: F401
+    import server
+
+    nodes = importlib.import_module("nodes")  # the host's nodes.py (ruff takes 'nodes' for our folder)
+
+    if getattr(server.PromptServer, "instance", None) is None:
+        server.PromptServer.instance = SERVER
+    comfy.utils.set_progress_bar_global_hook(_progress_hook)
+    asyncio.run(nodes.init_public_apis())
+    _state["imported"] = True
+    nodes.NODE_CLASS_MAPPINGS[RANDOM_LOADER] = _random_loader_class()
+    return nodes
+
+
+def load_builtin_extras():
+    """Load the host's ``comfy_extras`` nodes (SamplerCustomAdvanced & co.), as ``main.py`` does."""
+    nodes = import_host()
+    if not _state.get("extras"):
+        asyncio.run(nodes.init_builtin_extra_nodes())
+        _state["extras"] = True
+
+
+def pack_module_name(root=PACK_ROOT):
+    """The ``sys.modules`` name the host gives a custom node folder: its path, '.' -> '_x_'."""
+    return str(root).replace(".", "_x_")
+
+
+def import_pack_module(relative_name, root=PACK_ROOT):
+    """Import ``<pack>.<relative_name>`` (e.g. ``"nodes.random_models"``) without running the
+    pack's ``__init__.py`` when the pack is not loaded yet; same module objects as ``load_pack``."""
+    import_host()
+    name = pack_module_name(root)
+    if name not in sys.modules:  # a bare package; load_pack() later replaces it, keeping submodules
+        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        spec.submodule_search_locations = [str(root)]
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+    return importlib.import_module(f"{name}.{relative_name}")
+
+
+@contextlib.contextmanager
+def _captured_logs():
+    """Collect the host's log messages (it logs, rather than raises, custom node import errors)."""
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: records.append(record.getMessage())
+    logging.getLogger().addHandler(handler)
+    try:
+        yield records
+    finally:
+        logging.getLogger().removeHandler(handler)
+
+
+def load_pack(root=PACK_ROOT):
+    """Load the pack like ComfyUI loads ``custom_nodes/<pack>`` (V3: ``comfy_entrypoint``), register
+    its nodes in ``nodes.NODE_CLASS_MAPPINGS`` and return the package module."""
+    nodes = import_host()
+    name = pack_module_name(root)
+    if name in _state.setdefault("packs", set()):
+        return sys.modules[name]
+    if not (Path(root) / "__init__.py").is_file():
+        raise FileNotFoundError(f"{root}/__init__.py does not exist: nothing to load")
+    with _captured_logs() as logs:
+        loaded = asyncio.run(nodes.load_custom_node(str(root), module_parent="custom_nodes"))
+    if not loaded:
+        raise RuntimeError("the host could not load the pack:\n" + "\n".join(logs))
+    _state["packs"].add(name)
+    return sys.modules[name]
+
+
+class HostPromptError(RuntimeError):
+    """A prompt failed validation or execution; the message is the host's."""
+
+
+def _format_errors(node_errors):
+    """The host's per-node validation errors as readable lines."""
+    return "\n".join(f"  node {node_id} ({info['class_type']}): {e['message']}: {e['details']}"
+                     for node_id, info in node_errors.items() for e in info["errors"])
+
+
+def _validate(prompt, prompt_id, outputs):
+    """Validate like the server does (but refuse partial success); return the node ids to execute."""
+    import execution
+
+    if outputs is None:
+        ok, error, good_outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
+        if not ok or node_errors:
+            message = f"{error['message']}: {error['details']}" if error else "some outputs failed validation"
+            raise HostPromptError(f"{message}\n{_format_errors(node_errors)}")
+        return good_outputs
+    validated = {}
+    for node_id in outputs:
+        ok, reasons, _ = asyncio.run(execution.validate_inputs(prompt_id, prompt, node_id, validated))
+        if not ok:
+            errors = {n: {"class_type": prompt[n]["class_type"], "errors": r} for n, (v, r, _) in validated.items() if not v}
+            raise HostPromptError(f"node {node_id} failed validation\n{_format_errors(errors)}")
+    return list(outputs)
+
+
+def _unwrap(node_class, slots):
+    """One value per output slot (the executor stores a list per slot; lists stay lists)."""
+    is_list = getattr(node_class, "OUTPUT_IS_LIST", None) or ()
+    return tuple(v if (i < len(is_list) and is_list[i]) or len(v) != 1 else v[0] for i, v in enumerate(slots))
+
+
+def new_executor():
+    """A host ``PromptExecutor`` (classic cache) reporting to the recording server."""
+    import execution
+
+    import_host()
+    return execution.PromptExecutor(SERVER, cache_type=execution.CacheType.CLASSIC)
+
+
+def run_prompt(prompt, outputs=None, executor=None, extra_data=None):
+    """Validate and execute an API-format ``prompt`` in-process.
+
+    ``outputs``: node ids to execute (any nodes, output nodes or not); default: the output nodes.
+    ``executor``: reuse one from ``new_executor()`` to keep the host's cache between prompts.
+    Returns ``{node_id: tuple of output values}`` for every node that ran or was cached;
+    ``ui`` results are in ``executor.history_result``. Raises ``HostPromptError`` with the host's
+    exception type, message and traceback when validation or execution fails.
+    """
+    nodes = import_host()
+    prompt_id = str(uuid.uuid4())
+    targets = _validate(prompt, prompt_id, outputs)
+    executor = executor or new_executor()
+    executor.execute(prompt, prompt_id, extra_data or {}, targets)
+    if not executor.success:
+        errors = [data for event, data in executor.status_messages if event == "execution_error"]
+        detail = errors[-1] if errors else {}
+        raise HostPromptError(
+            f"node {detail.get('node_id')} ({detail.get('node_type')}) failed: "
+            f"{detail.get('exception_type')}: {detail.get('exception_message')}\n"
+            + "".join(detail.get("traceback", [])))
+    results = {}
+    for node_id, node in prompt.items():
+        slots = executor.caches.outputs.get(node_id)
+        if slots is not None:
+            results[node_id] = _unwrap(nodes.NODE_CLASS_MAPPINGS[node["class_type"]], slots)
+    return results
+
+
+def with_random_checkpoints(prompt, family="sd15", size="tiny", seed=0):
+    """A copy of ``prompt`` where every ``CheckpointLoaderSimple`` builds a random-weight model."""
+    inputs = {"family": family, "size": size, "seed": seed}
+    return {node_id: ({"class_type": RANDOM_LOADER, "inputs": dict(inputs)}
+                      if node["class_type"] == "CheckpointLoaderSimple" else node)
+            for node_id, node in prompt.items()}
+
+
+def _random_loader_class():
+    """The test-only loader node: (family, size, seed) -> random MODEL, CLIP, VAE."""
+    random_models = import_pack_module("nodes.random_models")
+
+    class LeditsTestRandomCheckpoint:
+        """Test only: a checkpoint loader that builds random weights (nodes/random_models.py)."""
+
+        RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+        FUNCTION = "load"
+        CATEGORY = "testing"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {
+                "family": (list(random_models.FAMILIES),),
+                "size": (list(random_models.SIZES), {"default": "tiny"}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1}),
+            }}
+
+        def load(self, family, size, seed):
+            import folder_paths
+
+            return random_models.build_random_model(
+                family, size, seed, embedding_directory=folder_paths.get_folder_paths("embeddings"))
+
+    return LeditsTestRandomCheckpoint

@@ -1,0 +1,91 @@
+"""The host harness itself: CPU import, scratch folders, custom-node loading, loud skipping."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+FAKE_PACK = '''
+"""A minimal V3 pack, as a custom node folder."""
+from .impl import extension
+
+
+async def comfy_entrypoint():
+    return extension()
+'''
+FAKE_IMPL = '''
+from comfy_api.latest import ComfyExtension, io
+
+
+class HarnessAddOne(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="HarnessAddOne", inputs=[io.Int.Input("value")], outputs=[io.Int.Output()])
+
+    @classmethod
+    def execute(cls, value):
+        return io.NodeOutput(value + 1)
+
+
+class Extension(ComfyExtension):
+    async def get_node_list(self):
+        return [HarnessAddOne]
+
+
+def extension():
+    return Extension()
+'''
+
+
+def test_host_runs_on_cpu_with_scratch_folders(host):
+    import comfy.model_management
+    import folder_paths
+
+    if "--cpu" in os.environ.get("COMFYUI_TEST_ARGS", host.DEFAULT_HOST_ARGS):
+        assert comfy.model_management.get_torch_device().type == "cpu"
+    for folder in (folder_paths.get_output_directory(), folder_paths.get_temp_directory()):
+        assert not Path(folder).resolve().is_relative_to(host.host_path())
+    assert Path(sys.modules["nodes"].__file__).parent == host.host_path()
+
+
+def test_load_pack_like_a_custom_node(host, tmp_path):
+    import nodes
+
+    (tmp_path / "__init__.py").write_text(textwrap.dedent(FAKE_PACK))
+    (tmp_path / "impl.py").write_text(textwrap.dedent(FAKE_IMPL))
+    module = host.load_pack(tmp_path)
+    assert module.__name__ == host.pack_module_name(tmp_path) and hasattr(module, "comfy_entrypoint")
+    assert "HarnessAddOne" in nodes.NODE_CLASS_MAPPINGS
+    prompt = {"add": {"class_type": "HarnessAddOne", "inputs": {"value": 41}}}
+    assert host.run_prompt(prompt, outputs=["add"]) == {"add": (42,)}
+
+
+def test_load_pack_reports_import_errors(host, tmp_path):
+    (tmp_path / "__init__.py").write_text("raise ImportError('broken on purpose')\n")
+    with pytest.raises(RuntimeError, match="broken on purpose"):
+        host.load_pack(tmp_path)
+
+
+def test_this_pack_loads(host):
+    import nodes
+
+    if not (host.PACK_ROOT / "__init__.py").is_file():
+        pytest.skip("the pack has no __init__.py yet")
+    module = host.load_pack()
+    ours = [name for name, cls in nodes.NODE_CLASS_MAPPINGS.items()
+            if getattr(cls, "RELATIVE_PYTHON_MODULE", "") == f"custom_nodes.{host.PACK_ROOT.name}"]
+    assert hasattr(module, "comfy_entrypoint") and ours
+
+
+def test_without_host_every_host_test_is_skipped_with_the_reason():
+    """Runs pytest on this folder with COMFYUI_PATH pointing nowhere (a few seconds)."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "COMFYUI_PATH": "/nonexistent/ComfyUI"}
+    result = subprocess.run([sys.executable, "-m", "pytest", "tests/host/test_random_models.py", "-q", "-p", "no:cacheprovider"],
+                            cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "passed" not in result.stdout and " skipped" in result.stdout
+    assert "SKIPPED" in result.stdout and "ComfyUI host not found at /nonexistent/ComfyUI" in result.stdout
