@@ -1,7 +1,7 @@
 """Host test harness: tests in this folder run against the real ComfyUI host, in-process.
 
 Without a host checkout (``COMFYUI_PATH``, default ``~/ComfyUI``) every test here is skipped,
-with the reason in the summary. Test modules import ``hostenv`` (this folder is put on
+with the reason in the summary. Test modules import ``hostenv`` (``scripts/hostenv.py``; ``scripts/`` is put on
 ``sys.path``) and must not import the host at module level: use the ``host`` fixture.
 """
 
@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.append(str(HERE))
+SCRIPTS = HERE.parents[1] / "scripts"
+if str(SCRIPTS) not in sys.path:
+    sys.path.append(str(SCRIPTS))
 
 import hostenv  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Import the real ComfyUI host in-process and drive it from tests.
+"""Import the real ComfyUI host in-process and drive it (tests, the headless edit, benchmarks).
 
 * The host is found through ``COMFYUI_PATH`` (default ``~/ComfyUI``); ``host_missing_reason()``
   says why it cannot be used (the conftest turns that into a skip of every host test).
@@ -28,7 +28,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-PACK_ROOT = Path(__file__).resolve().parents[2]
+PACK_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HOST_ARGS = "--cpu"
 RANDOM_LOADER = "LeditsTestRandomCheckpoint"
 
