@@ -53,6 +53,7 @@ class LeditsGuider(comfy.samplers.CFGGuider):
         shape, kind = inversion.latent_shape, inversion.kind
         self.guidance = core.EditGuidance(concept_specs(concepts, inversion.steps, shape), mask_mode)
         self.capture = capture
+        self.step_listener = None  # optional fn(step, total_steps, {concept: StepMasks}, denoised), e.g. live previews
         conds = {"uncond": with_size_conditioning(inversion.uncond, kind, shape)}
         if inversion.source is not None:
             conds["source"] = with_size_conditioning(inversion.source, kind, shape)
@@ -97,6 +98,8 @@ class LeditsGuider(comfy.samplers.CFGGuider):
         base = core.source_guidance(uncond, out[1], self.source_scale) if offset == 2 else uncond
         preds = {c: out[offset + j] for j, c in enumerate(active)}
         guided = self.guidance(step, base, uncond, preds, attn)
+        if self.step_listener is not None:
+            self.step_listener(step, self.inversion.steps, self.guidance.masks.get(step, {}), guided)
         return self._post_cfg(conds, guided, base, uncond, x, timestep, model_options)
 
     def _pre_cfg(self, conds, out, x, timestep, model_options):
