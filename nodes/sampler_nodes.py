@@ -6,10 +6,12 @@ import comfy.utils
 import latent_preview
 import torch
 from comfy_api.latest import io
+from comfy_execution.utils import get_executing_context
 
 from ..ledits_core import MASK_MODES
 from .guider import edit_guider, edit_sampler
 from .host_model import model_kind
+from .live_preview import make_step_listener
 from .objects import LeditsInversion, LeditsMasks
 from .types import CATEGORY, LeditsConceptsType, LeditsInversionType, LeditsMasksType
 
@@ -34,6 +36,8 @@ def run_edit(model, inversion: LeditsInversion, concepts, mask_mode: str = "inte
         raise ValueError(f"unknown mask mode {mask_mode!r}; choose one of {', '.join(MASK_MODES)}")
     concepts = list(concepts or ())
     guider = edit_guider(model, inversion, concepts, mask_mode)
+    context = get_executing_context()
+    guider.step_listener = make_step_listener(concepts, model, context.node_id if context else None)
     shape = inversion.latent_shape
     zeros = torch.zeros(shape)
     out = guider.sample(zeros, zeros, edit_sampler(inversion), inversion.record.sigmas.float(),
