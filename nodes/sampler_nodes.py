@@ -48,6 +48,17 @@ def run_edit(model, inversion: LeditsInversion, concepts, mask_mode: str = "inte
     return out.cpu(), masks
 
 
+def edit_inputs() -> list:
+    """The inputs LEDITS Sampler and LEDITS Guider share (same names, so workflows can swap one for the other)."""
+    return [
+        io.Model.Input("model", tooltip="The same MODEL the inversion was made with (LoRAs are fine)."),
+        LeditsInversionType.Input("inversion", tooltip="From LEDITS Inversion."),
+        LeditsConceptsType.Input("concepts", optional=True,
+                                 tooltip="From LEDITS Concept Edit. Leave empty to reconstruct the photo."),
+        io.Combo.Input("mask_mode", options=list(MASK_MODES), default="intersect", tooltip=MASK_MODE_TOOLTIP),
+    ]
+
+
 class LeditsSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -57,13 +68,7 @@ class LeditsSampler(io.ComfyNode):
             category=CATEGORY,
             description="Regenerates the inverted photo while applying the chained concept edits, each only "
                         "where it belongs. With no concepts it returns the photo unchanged.",
-            inputs=[
-                io.Model.Input("model", tooltip="The same MODEL the inversion was made with (LoRAs are fine)."),
-                LeditsInversionType.Input("inversion", tooltip="From LEDITS Inversion."),
-                LeditsConceptsType.Input("concepts", optional=True,
-                                         tooltip="From LEDITS Concept Edit. Leave empty to reconstruct the photo."),
-                io.Combo.Input("mask_mode", options=list(MASK_MODES), default="intersect", tooltip=MASK_MODE_TOOLTIP),
-            ],
+            inputs=edit_inputs(),
             outputs=[io.Latent.Output(display_name="latent"), LeditsMasksType.Output(display_name="masks")],
         )
 
@@ -92,12 +97,7 @@ class LeditsGuiderNode(io.ComfyNode):
             category=CATEGORY,
             description="The LEDITS Sampler's edit as parts for SamplerCustomAdvanced: connect GUIDER, SAMPLER, "
                         "SIGMAS and NOISE there, with the photo's latent. Gives the same latent as LEDITS Sampler.",
-            inputs=[
-                io.Model.Input("model", tooltip="The same MODEL the inversion was made with."),
-                LeditsInversionType.Input("inversion", tooltip="From LEDITS Inversion."),
-                LeditsConceptsType.Input("concepts", optional=True, tooltip="From LEDITS Concept Edit."),
-                io.Combo.Input("mask_mode", options=list(MASK_MODES), default="intersect", tooltip=MASK_MODE_TOOLTIP),
-            ],
+            inputs=edit_inputs(),
             outputs=[io.Guider.Output(display_name="guider"), io.Sampler.Output(display_name="sampler"),
                      io.Sigmas.Output(display_name="sigmas"), io.Noise.Output(display_name="noise")],
         )
