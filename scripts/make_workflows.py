@@ -67,22 +67,22 @@ def edit_workflow(ckpt, concepts, steps=50, seed=42, preview=True):
     g = Graph()
     loader = g.add("CheckpointLoaderSimple", (20, 40), [ckpt], size=(320, 100))
     image = g.add("LoadImage", (20, 200), [SAMPLE_NAME, "image"], size=(320, 320))
-    latent = g.add("VAEEncode", (380, 300), [], [("pixels", (image, 0)), ("vae", (loader, 2))], size=(200, 50))
+    latent = g.add("VAEEncode", (380, 400), [], [("pixels", (image, 0)), ("vae", (loader, 2))], size=(200, 50))
     inversion = g.add("LeditsInversion", (380, 40), [steps, 0.15, "dpmpp_2m_sde", "karras", seed, "fixed", 3.5],
-                      [("model", (loader, 0)), ("clip", (loader, 1)), ("latent", (latent, 0))], size=(320, 240))
+                      [("model", (loader, 0)), ("clip", (loader, 1)), ("latent", (latent, 0))], size=(320, 320))
     previous = None
     for i, (text, scale, threshold, reverse) in enumerate(concepts):
         inputs = [("clip", (loader, 1))] + ([("previous", (previous, 0))] if previous else [])
-        previous = g.add("LeditsConceptEdit", (740, 40 + 300 * i), [text, scale, threshold, reverse, 0.0, 1.0],
-                         inputs, size=(320, 280))
+        previous = g.add("LeditsConceptEdit", (740, 40 + 340 * i), [text, scale, threshold, reverse, 0.0, 1.0],
+                         inputs, size=(320, 310))
     sampler_inputs = [("model", (loader, 0)), ("inversion", (inversion, 0))]
     if previous:
         sampler_inputs.append(("concepts", (previous, 0)))
-    sampler = g.add("LeditsSampler", (1100, 40), ["intersect"], sampler_inputs, size=(280, 100))
-    decoded = g.add("VAEDecode", (1100, 200), [], [("samples", (sampler, 0)), ("vae", (loader, 2))], size=(200, 50))
-    g.add("SaveImage", (1420, 40), ["ledits_edit"], [("images", (decoded, 0))], size=(360, 380))
+    sampler = g.add("LeditsSampler", (1100, 40), ["intersect"], sampler_inputs, size=(300, 330))
+    decoded = g.add("VAEDecode", (1100, 420), [], [("samples", (sampler, 0)), ("vae", (loader, 2))], size=(200, 50))
+    g.add("SaveImage", (1460, 40), ["ledits_edit"], [("images", (decoded, 0))], size=(360, 380))
     if preview and previous:
-        g.add("LeditsMaskPreview", (1100, 300), ["final", 0, -1],
+        g.add("LeditsMaskPreview", (1100, 520), ["final", 0, -1],
               [("masks", (sampler, 1)), ("image", (image, 0))], size=(300, 340))
     return g
 
