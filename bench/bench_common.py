@@ -99,13 +99,34 @@ def process_peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def trim_heap() -> int:
+    """Return freed heap memory to the OS (glibc malloc_trim); bytes of RSS released, 0 where unavailable."""
+    import ctypes
+    import ctypes.util
+
+    before = rss_bytes()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return 0
+    return max(0, before - rss_bytes())
+
+
+TRIM = os.environ.get("LEDITS_BENCH_TRIM", "1") == "1"
+"""Trim the heap before each measured phase (both sides alike; see bench_ledits.py --no-trim)."""
+
+
 class PeakMeter:
-    """Peak RSS of a block of work: resets the peak on entry (where possible), reads it on exit."""
+    """Peak RSS of a block of work: resets the peak on entry (where possible), reads it on exit.
+
+    With TRIM, freed heap is first returned to the OS, so the start RSS and the peak do not count memory the
+    allocator merely kept from earlier work (e.g. loading); the amount released is reported."""
 
     def __enter__(self):
         import gc
 
         gc.collect()
+        self.trimmed = trim_heap() if TRIM else 0
         self.start_rss = rss_bytes()
         self.reset = reset_peak_rss()
         self.t0 = time.perf_counter()
@@ -119,7 +140,7 @@ class PeakMeter:
 
     def as_dict(self) -> dict:
         return {"peak_rss": self.peak, "start_rss": self.start_rss, "end_rss": self.end_rss,
-                "peak_reset": self.reset}
+                "peak_reset": self.reset, "trimmed": self.trimmed}
 
 
 class PhasePeaks:
@@ -206,6 +227,15 @@ def machine_info() -> dict:
     except ImportError:
         info["diffusers"] = None
     return info
+
+
+def dtype_bytes(*modules) -> dict:
+    """Bytes of parameters and buffers per dtype over some torch modules."""
+    out: dict[str, int] = {}
+    for m in modules:
+        for t in m.state_dict().values():
+            out[str(t.dtype)] = out.get(str(t.dtype), 0) + t.numel() * t.element_size()
+    return out
 
 
 def available_memory() -> int | None:

@@ -113,11 +113,15 @@ def parse_args(argv=None):
     p.add_argument("--scaling-size", type=int, default=256, help="image size of the concept/batch/warmup scaling runs")
     p.add_argument("--scaling-steps", type=int, default=2, help="N of the concept/batch/warmup scaling runs")
     p.add_argument("--scaling-concepts", default="1,2,4,8")
-    p.add_argument("--n-scaling-size", type=int, default=128, help="image size of the steps scaling runs")
+    p.add_argument("--n-scaling-size", type=int, default=64, help="image size of the steps scaling runs")
     p.add_argument("--n-scaling-steps", default="10,25,50")
     p.add_argument("--profile-steps", type=int, default=2, help="edit steps profiled (0: no profile)")
     p.add_argument("--no-diffusers", action="store_true", help="our side only")
     p.add_argument("--no-scaling", action="store_true")
+    p.add_argument("--no-trim", dest="trim", action="store_false",
+                   help="do not return freed heap to the OS (malloc_trim) before each measured phase (both sides)")
+    p.add_argument("--prototypes", action="store_true",
+                   help="also measure the suggested change(s) to the pack, monkeypatched in our worker (about 2 min)")
     p.add_argument("--no-diffusers-bare", dest="diffusers_bare", action="store_false",
                    help="skip the bare diffusers UNet calls (SDPA and classic attention) at batch 1+C")
     p.add_argument("--no-flags", action="store_true", help="skip the attention-flag probe")
@@ -139,6 +143,7 @@ def worker_env(args) -> dict:
     env["COMFYUI_TEST_ARGS"] = host_args
     env["COMFYUI_TEST_THREADS"] = str(args.threads)
     env["PYTHONUNBUFFERED"] = "1"
+    env["LEDITS_BENCH_TRIM"] = "1" if args.trim else "0"
     return env
 
 
@@ -270,6 +275,8 @@ def main(argv=None) -> int:
                 results["diffusers_bare"] = diffusers_bare(args, workers["diffusers"])
             stop("diffusers")
         results["side_by_side"] = sbs
+        if args.prototypes:
+            results["prototypes"] = prototypes(args, workers["ours"])
         if not args.no_scaling:
             results["scaling"] = scaling(args, workers["ours"])
     finally:
@@ -284,6 +291,16 @@ def main(argv=None) -> int:
     args.out.write_text(bench_report.render(results))
     say(f"wrote {args.out} and {args.json} in {results['wall_s'] / 60:.1f} min")
     return 0
+
+
+def prototypes(args, ours: Worker) -> dict:
+    """The 'reuse the inversion's unconditional predictions' prototype (side_ours.reuse_inversion_uncond)."""
+    out = {}
+    size, steps, c = args.scaling_size, 4, 2
+    for label, warm in (("all concepts from step 0", None), ("both concepts warmup 0.5", [0.5, 0.5])):
+        say(f"prototype reuse_inversion_uncond: {label}, {size} px, N={steps}, C={c}")
+        out[label] = ours.call("prototype", steps=steps, n_concepts=c, size=size, warmups=warm)
+    return out
 
 
 def diffusers_bare(args, ref: Worker) -> dict:

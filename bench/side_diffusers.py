@@ -103,6 +103,7 @@ class Reference:
         unet.register_forward_hook(self._unet_done, with_kwargs=True)
         self._wrap("encode_prompt")
         self._wrap("encode_image")
+        self._wrap_decode()
 
     def _unet_done(self, module, args, kwargs, output):
         x = args[0] if args else kwargs["sample"]
@@ -128,6 +129,26 @@ class Reference:
             return out
         setattr(self.pipe, name, timed)
 
+    def _wrap_decode(self) -> None:
+        """invert() always decodes its VAE reconstruction (an output of invert, not needed to edit): time it
+        and give it its own memory phase, so that the report can also compare without it."""
+        vae = self.pipe.vae
+        original = vae.decode
+
+        @functools.wraps(original)
+        def timed(*a, **k):
+            inverting = self.peaks.current == "invert"
+            if inverting:
+                self.peaks.start("decode")
+            t0 = time.perf_counter()
+            out = original(*a, **k)
+            self.sync()
+            self.events.append((self.phase, "vae_decode", 0, time.perf_counter() - t0))
+            if inverting:
+                self.peaks.start("invert")
+            return out
+        vae.decode = timed
+
     def sync(self):
         if self.device == "cuda":
             self.torch.cuda.synchronize()
@@ -140,6 +161,7 @@ class Reference:
         return {"import_s": self.import_s, "load_s": self.load_s, "rss_after_load": bc.rss_bytes(),
                 "diffusers": diffusers.__version__, "transformers": transformers.__version__,
                 "torch_threads": self.torch.get_num_threads(), "unet_dtype": str(next(unet.parameters()).dtype),
+                "text_encoder_dtypes": bc.dtype_bytes(self.pipe.text_encoder),
                 "weights_bytes": sum(t.numel() * t.element_size() for m in
                                      (unet, self.pipe.text_encoder, self.pipe.vae) for t in m.state_dict().values())}
 
@@ -216,8 +238,9 @@ class Reference:
         out["invert_s"] = inv_pm.seconds
         out["invert_mem"] = dict(inv_pm.as_dict(), peak_rss=max(phases.values()), phases=phases)
         out["encode_s"] = sum(t for p, k, _, t in self.events if p == "invert" and k == "encode_image")
+        out["decode_s"] = sum(t for p, k, _, t in self.events if p == "invert" and k == "vae_decode")
         unet_ends = [t for p, k, _, t in self.events if p == "invert" and k == "unet"]
-        first = inv_pm.t0 + out["encode_s"]
+        first = inv_pm.t0 + out["encode_s"] + out["decode_s"]
         out["invert_step_s"] = [b - a for a, b in zip([first] + unet_ends, unet_ends, strict=False)]
         stamps: list[float] = []
 

@@ -74,14 +74,15 @@ class Host:
 
     def _count_rows(self, module, args, kwargs):
         x = args[0] if args else kwargs.get("x")
-        self.rows.append((self.clock.phase, int(x.shape[0])))
+        phase = self.clock.phase
+        self.rows.append((phase, len(self.clock.times(phase)), int(x.shape[0])))  # (phase, step, rows)
 
     # ------------------------------------------------------------------------------------------ facts
     def info(self) -> dict:
         p = next(self.unet.parameters())
         return {"attention": self.attention.optimized_attention.__name__, "import_s": self.import_s,
                 "build_s": self.build_s, "rss_after_build": bc.rss_bytes(), "unet_dtype": str(p.dtype),
-                "clip_dtype": str(next(self.clip.cond_stage_model.parameters()).dtype),
+                "clip_dtypes": bc.dtype_bytes(self.clip.cond_stage_model),
                 "vae_dtype": str(self.vae.vae_dtype), "torch_threads": self.torch.get_num_threads(),
                 "host_args": os.environ.get("COMFYUI_TEST_ARGS", hostenv.DEFAULT_HOST_ARGS),
                 "weights_bytes": sum(t.numel() * t.element_size() for m in
@@ -216,6 +217,7 @@ class Host:
             out["mask_bytes"] = sum(t.numel() * t.element_size() for per in masks.per_step.values()
                                     for m in per.values() for t in (m.attention, m.noise, m.final) if t is not None)
             out["finite"] = bool(torch.isfinite(latent["samples"]).all())
+            self.last_latent = latent["samples"]
         out["loadavg_after"] = bc.load_average()
         if bare_repeats:
             with bc.PeakMeter() as bare_pm:
@@ -251,24 +253,32 @@ class Host:
         return {"steps": steps, "concepts": n_concepts, "size": size, "total_s": total,
                 "components": _components(stats, steps), "top_tottime": _top(stats, top)}
 
-    def prototype(self, name: str, steps: int, n_concepts: int, size: int = 512, seed: int = 0) -> dict:
-        """Measure a suggested change by monkeypatching it in this process only (see PROTOTYPES)."""
-        undo = PROTOTYPES[name](self)
+    def prototype(self, steps: int, n_concepts: int, size: int = 256, warmups: list[float] | None = None) -> dict:
+        """The suggested 'reuse the inversion's unconditional predictions' change, monkeypatched here only:
+        the same inversion + edit without, with, and again without it (the baseline is the mean of the two);
+        timings, UNet rows and the latent difference."""
+        base = self.run(steps, n_concepts, 1, size, 0, warmups=warmups, invert=True)
+        base_latent = self.last_latent
+        undo, stats = reuse_inversion_uncond(self)
         try:
-            return self.run(steps, n_concepts, 1, size, seed)
+            proto = self.run(steps, n_concepts, 1, size, 0, warmups=warmups, invert=True)
         finally:
             undo()
+        proto_latent = self.last_latent
+        base2 = self.run(steps, n_concepts, 1, size, 0, warmups=warmups, invert=True)
+        return {"baseline": base, "baseline2": base2, "prototype": proto, "reused_steps": stats["reused"],
+                "baseline_repeat_max_abs_diff": float((self.last_latent - base_latent).abs().max()),
+                "max_abs_latent_diff": float((proto_latent - base_latent).abs().max()),
+                "latent_max_abs": float(base_latent.abs().max())}
 
 
 def _rows_per_step(rows, phase, steps) -> list[int]:
     """UNet batch rows per step of a phase (all UNet calls of a step summed)."""
-    calls = [n for p, n in rows if p == phase]
-    if not calls or not steps:
-        return []
-    per = len(calls) // steps if len(calls) % steps == 0 else None
-    if per is None:
-        return calls
-    return [sum(calls[i * per:(i + 1) * per]) for i in range(steps)]
+    out = [0] * steps
+    for p, step, n in rows:
+        if p == phase and step < steps:
+            out[step] += n
+    return out
 
 
 _COMPONENTS = {
@@ -306,8 +316,40 @@ def _top(stats: pstats.Stats, n: int) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- prototypes
-# Each takes the Host and returns an undo function. None are applied in the measured runs.
-PROTOTYPES: dict = {}
+
+def reuse_inversion_uncond(host: Host):
+    """Prototype (not applied in the measured runs): during the inversion, keep each step's input x and the
+    unconditional prediction; during an edit, when a step's x and sigma are exactly the inversion's (always at
+    step 0, and at every step before the first active concept), pass None for the uncond cond to the host's
+    calc_cond_batch (it skips None conds, keeping the others' indices for the attention capture) and use the
+    kept prediction. Patches comfy.samplers.calc_cond_batch in this process; returns (undo, stats)."""
+    import comfy.samplers
+    import torch
+
+    original = comfy.samplers.calc_cond_batch
+    cache: dict = {}
+    stats = {"reused": []}
+
+    def calc_cond_batch(model, conds, x_in, timestep, model_options):
+        phase = host.clock.phase
+        key = round(float(timestep.flatten()[0]), 5)
+        if phase == "invert" and len(conds) == 1:
+            out = original(model, conds, x_in, timestep, model_options)
+            cache[key] = (x_in.detach().clone(), out[0].detach().clone())
+            return out
+        hit = cache.get(key)
+        if phase == "edit" and hit is not None and hit[0].shape == x_in.shape and torch.equal(hit[0], x_in):
+            out = original(model, [None] + list(conds[1:]), x_in, timestep, model_options)
+            out[0] = hit[1].clone()
+            stats["reused"].append(key)
+            return out
+        return original(model, conds, x_in, timestep, model_options)
+
+    comfy.samplers.calc_cond_batch = calc_cond_batch
+
+    def undo():
+        comfy.samplers.calc_cond_batch = original
+    return undo, stats
 
 
 # ---------------------------------------------------------------------------------------------- prepare
