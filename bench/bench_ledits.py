@@ -6,7 +6,7 @@ both with the same random weights at the real SD1.5 architecture (512 x 512 imag
     python bench/bench_ledits.py --device cuda        # GPU machines (untested, see RESULTS.md)
 
 What it does (every number it prints goes to bench/RESULTS.md and bench/results.json):
-1. prepare: build the host's random SD1.5 (nodes/random_models.build_random_model("sd15", "full", seed)),
+1. prepare: build the host's random SD1.5 (scripts/random_models.build_random_model("sd15", "full", seed)),
    write the same weights in diffusers' layout (cached in --cache-dir) and reference outputs.
 2. two worker processes, one per side (so each side's peak memory is its own): "ours" (host + pack) and
    "diffusers" (diffusers + transformers only). diffusers checks the converted weights against the host's

@@ -106,7 +106,7 @@ def render(res: dict) -> str:
     w(f"| device | {a.get('device')} |")
     w("")
     w("Model: random weights at the real SD1.5 architecture (UNet 860 M parameters, CLIP-L text encoder, KL VAE), "
-      "all float32, built by `nodes/random_models.build_random_model(\"sd15\", \"full\", seed)` through the host. "
+      "all float32, built by `scripts/random_models.build_random_model(\"sd15\", \"full\", seed)` through the host. "
       "diffusers gets the same weights (host UNet key map `comfy.utils.unet_to_diffusers`, diffusers' "
       "`convert_ldm_vae_checkpoint`, CLIP-L as is). Each side runs in its own worker process; peak memory is "
       "that process's peak resident set during the run (weights included; the peak is reset with "

@@ -1,7 +1,7 @@
 """Our side of the benchmark: the pack's nodes on the real ComfyUI host, in-process (scripts/hostenv.py).
 
 Runs as a worker process (see bench_ledits.py): builds the random-weight SD1.5 model once with
-nodes/random_models.build_random_model("sd15", "full", seed) and then answers commands. The nodes are
+scripts/random_models.build_random_model("sd15", "full", seed) and then answers commands. The nodes are
 called the way the host's executor calls them (their V3 ``execute`` classmethods, under
 ``torch.inference_mode()``), so the timings include everything the nodes do, but not the executor's
 graph bookkeeping. ``prepare`` (a separate process) writes the same weights in diffusers' layout.
@@ -44,7 +44,7 @@ class Host:
         self.attention = attention
         self.mm = comfy.model_management
         self.host_nodes = host_nodes
-        self.rm = hostenv.import_pack_module("nodes.random_models")
+        self.rm = hostenv.import_random_models()
         self.inv_mod = hostenv.import_pack_module("nodes.inversion_node")
         self.concept_mod = hostenv.import_pack_module("nodes.concept_node")
         self.sampler_mod = hostenv.import_pack_module("nodes.sampler_nodes")
@@ -365,7 +365,7 @@ def prepare(cache_dir: str, seed: int) -> dict:
     import comfy.utils
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-    rm = hostenv.import_pack_module("nodes.random_models")
+    rm = hostenv.import_random_models()
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

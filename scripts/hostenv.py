@@ -6,7 +6,8 @@
   ``COMFYUI_TEST_ARGS`` (default ``--cpu``; ``COMFYUI_TEST_THREADS=n`` caps torch's CPU threads,
   much faster on a busy machine), input/output/temp/user folders in a scratch
   directory (the host checkout is never written), a recording stand-in for the web server, and
-  a test-only node that builds random-weight checkpoints (``RANDOM_LOADER``).
+  a test-only node that builds random-weight checkpoints (``RANDOM_LOADER``, from
+  ``scripts/random_models.py``).
 * ``load_pack()`` loads this repository as the host loads a custom node folder.
 * ``run_prompt()`` validates and executes an API-format prompt with the host's executor.
 
@@ -29,6 +30,7 @@ import uuid
 from pathlib import Path
 
 PACK_ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(__file__).resolve().parent
 DEFAULT_HOST_ARGS = "--cpu"
 RANDOM_LOADER = "LeditsTestRandomCheckpoint"
 
@@ -185,7 +187,7 @@ def pack_module_name(root=PACK_ROOT):
 
 
 def import_pack_module(relative_name, root=PACK_ROOT):
-    """Import ``<pack>.<relative_name>`` (e.g. ``"nodes.random_models"``) without running the
+    """Import ``<pack>.<relative_name>`` (e.g. ``"nodes.guider"``) without running the
     pack's ``__init__.py`` when the pack is not loaded yet; same module objects as ``load_pack``."""
     import_host()
     name = pack_module_name(root)
@@ -194,6 +196,15 @@ def import_pack_module(relative_name, root=PACK_ROOT):
         spec.submodule_search_locations = [str(root)]
         sys.modules[name] = importlib.util.module_from_spec(spec)
     return importlib.import_module(f"{name}.{relative_name}")
+
+
+def import_random_models():
+    """``scripts/random_models.py`` (random-weight models for tests, benchmarks and the demo; not part
+    of the pack), with the host imported first (it builds the host's own model classes)."""
+    import_host()
+    if str(SCRIPTS) not in sys.path:
+        sys.path.append(str(SCRIPTS))
+    return importlib.import_module("random_models")
 
 
 @contextlib.contextmanager
@@ -308,10 +319,10 @@ def with_random_checkpoints(prompt, family="sd15", size="tiny", seed=0):
 
 def _random_loader_class():
     """The test-only loader node: (family, size, seed) -> random MODEL, CLIP, VAE."""
-    random_models = import_pack_module("nodes.random_models")
+    random_models = import_random_models()
 
     class LeditsTestRandomCheckpoint:
-        """Test only: a checkpoint loader that builds random weights (nodes/random_models.py)."""
+        """Test only: a checkpoint loader that builds random weights (scripts/random_models.py)."""
 
         RETURN_TYPES = ("MODEL", "CLIP", "VAE")
         FUNCTION = "load"

@@ -43,8 +43,8 @@ def host():
 
 @pytest.fixture(scope="session")
 def random_models(host):
-    """Our ``nodes/random_models.py``, imported as a submodule of the pack package."""
-    return host.import_pack_module("nodes.random_models")
+    """``scripts/random_models.py``: random-weight models built from the host's classes."""
+    return host.import_random_models()
 
 
 @pytest.fixture

@@ -65,7 +65,7 @@ def random_checkpoint(host, tmp_path_factory):
     """A 0.64 GB random-weight SD1.5 checkpoint file the host's loader detects (made once per session,
     deleted at its end: pytest keeps its last temp folders)."""
     path = tmp_path_factory.mktemp("checkpoints") / CHECKPOINT
-    host.import_pack_module("nodes.random_models").save_random_checkpoint(path, family="sd15", seed=0, size="slim")
+    host.import_random_models().save_random_checkpoint(path, family="sd15", seed=0, size="slim")
     yield path
     path.unlink(missing_ok=True)
 

@@ -8,10 +8,11 @@ STEPS = 5
 
 
 @pytest.fixture(scope="session")
-def pack(host):
+def pack(host, random_models):
+    """The pack's node modules (as the host loaded them) and ``random_models`` (scripts/, not the pack)."""
     host.load_pack()
-    names = ["random_models", "inversion_node", "concept_node", "sampler_nodes", "guider", "capture", "host_model"]
-    return {n: host.import_pack_module(f"nodes.{n}") for n in names}
+    names = ["inversion_node", "concept_node", "sampler_nodes", "guider", "capture", "host_model"]
+    return {**{n: host.import_pack_module(f"nodes.{n}") for n in names}, "random_models": random_models}
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Random-weight models (nodes/random_models.py) behave like loaded checkpoints in the real host."""
+"""Random-weight models (scripts/random_models.py) behave like loaded checkpoints in the real host."""
 
 import os
 

@@ -13,10 +13,11 @@ STEPS = 4
 
 
 @pytest.fixture(scope="module")
-def pack(host):
+def pack(host, random_models):
+    """The pack's node modules (as the host loaded them) and ``random_models`` (scripts/, not the pack)."""
     host.load_pack()
-    names = ["random_models", "inversion_node", "concept_node", "sampler_nodes", "guider", "host_model"]
-    return {n: host.import_pack_module(f"nodes.{n}") for n in names}
+    names = ["inversion_node", "concept_node", "sampler_nodes", "guider", "host_model"]
+    return {**{n: host.import_pack_module(f"nodes.{n}") for n in names}, "random_models": random_models}
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,9 @@ Sizes:
 * ``"slim"``: "full" with ``channel_mult`` 1 at every level: a much smaller UNet that the host's
   checkpoint detection still recognises (see ``save_random_checkpoint``).
 
-The host (``comfy.*``) is imported lazily inside functions: importing this module does nothing.
+Test, benchmark and demo support, not part of the pack (the host never loads it): get it with
+``hostenv.import_random_models()``, which imports the host first. The host (``comfy.*``) is imported
+lazily inside functions: importing this module does nothing.
 """
 
 import math
