@@ -4,6 +4,7 @@ No host (ComfyUI) imports here: a denoiser is any callable D(x, sigma, step) in 
 convention x = x0 + sigma * eps.
 """
 
+from . import p2p
 from .attention import AttentionAccumulator
 from .guidance import ConceptSpec, EditGuidance, StepMasks, concept_guidance, source_guidance
 from .inversion import InversionRecord, invert, sample, step_noises
@@ -24,5 +25,5 @@ __all__ = [
     "InversionRecord", "invert", "sample", "step_noises", "MASK_MODES", "attention_mask", "combine_masks",
     "gaussian_kernel", "gaussian_smooth", "noise_mask", "quantile_mask", "karras_sigmas", "kept_sigmas",
     "total_schedule_steps", "STEPPERS", "StepHistory", "apply_noise", "ddpm_step", "dpmpp_2m_sde_step",
-    "get_stepper",
+    "get_stepper", "p2p",
 ]

@@ -97,10 +97,12 @@ def invert(x0: torch.Tensor, sigmas: torch.Tensor, denoise: Denoiser, sampler: s
                            dict(settings or {}, seed=int(seed)))
 
 
-def sample(record: InversionRecord, denoise: Denoiser, callback=None, interrupt=None) -> torch.Tensor:
+def sample(record: InversionRecord, denoise: Denoiser, callback=None, interrupt=None,
+           post_step=None) -> torch.Tensor:
     """Replay the inversion's steps with the stored noise maps and a (guided) denoiser -> x0 (B, C, H, W).
 
     With the inversion's own denoiser this returns x0 up to rounding (max abs error ~1e-7 in float32).
+    post_step(i, x_next) -> x_next may change each new state (Prompt-to-Prompt's local blend).
     """
     stepper = get_stepper(record.sampler)
     sig = [float(s) for s in record.sigmas.tolist()]
@@ -112,6 +114,8 @@ def sample(record: InversionRecord, denoise: Denoiser, callback=None, interrupt=
         denoised = denoise(x, sig[i], i)
         mean, c, history = stepper(x, denoised, sig[i], sig[i + 1], history)
         x = apply_noise(mean, c, record.noise_maps[i])
+        if post_step is not None:
+            x = post_step(i, x)
         if callback is not None:
             callback(i, x, denoised)
     return x
