@@ -1,7 +1,7 @@
 """Parity of ledits_core with diffusers 0.42.1's LEDITS++ on the same inputs (captured from its own run).
 
 Each test feeds our functions the very tensors diffusers had at that point of its run and compares
-with what diffusers computed. Deliberate differences (DESIGN.md §4) are named where they apply:
+with what diffusers computed. Deliberate differences (docs/DESIGN.md, "Differences from diffusers") are named where they apply:
 - we intersect M1 and M2 at every step; diffusers SD uses M1 alone while t > 800 (compared there
   with our "attention" mode instead);
 - we sum attention over the prompt's real tokens (word ids); diffusers with transformers 5 sums
