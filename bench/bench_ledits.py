@@ -188,6 +188,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
         return run_worker_main(args)
+    sys.path.insert(0, str(bc.REPO_ROOT / "scripts"))
+    import hostenv  # the host lookup only ($COMFYUI_PATH, ~/ComfyUI, ../shared/ComfyUI); workers import the host
+
+    reason = hostenv.host_missing_reason("run the benchmark")
+    if reason:
+        raise SystemExit(reason)
     t_start = time.perf_counter()
     env = worker_env(args)
     args.cache_dir.mkdir(parents=True, exist_ok=True)

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import time
 from pathlib import Path
 
 import bench_common as bc
+
+sys.path.insert(0, str(bc.REPO_ROOT / "scripts"))
+import hostenv  # noqa: E402  (only its host lookup: this process imports neither the host nor the pack)
 
 UNET_CONFIG = {
     "sample_size": 64, "in_channels": 4, "out_channels": 4, "center_input_sample": False,
@@ -30,8 +34,8 @@ SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.0
 
 
 def host_tokenizer_dir() -> Path:
-    root = Path(os.environ.get("COMFYUI_PATH") or "~/ComfyUI").expanduser()
-    return root / "comfy" / "sd1_tokenizer"
+    """The host's CLIP-L tokenizer files (the host is found as ``scripts/hostenv.py`` finds it; not imported)."""
+    return hostenv.host_path() / "comfy" / "sd1_tokenizer"
 
 
 def _load(path: Path) -> dict:

@@ -1,13 +1,16 @@
 """Import the real ComfyUI host in-process and drive it (tests, the headless edit, benchmarks).
 
-* The host is found through ``COMFYUI_PATH`` (default ``~/ComfyUI``); ``host_missing_reason()``
-  says why it cannot be used (the conftest turns that into a skip of every host test).
+* The host is looked for at ``$COMFYUI_PATH`` when it is set (and only there), else at ``~/ComfyUI``,
+  else at ``../shared/ComfyUI`` next to this repository (a read-only copy of the host's source that
+  development machines and CI have; see docs/DESIGN.md, "Running the real host").
+  ``host_missing_reason()`` says why none can be used (the host tests' conftest turns that into a
+  skip, or into a failure when ``CI`` is set).
 * ``import_host()`` imports it the way its ``main.py`` does, with the command-line arguments in
   ``COMFYUI_TEST_ARGS`` (default ``--cpu``; ``COMFYUI_TEST_THREADS=n`` caps torch's CPU threads,
-  much faster on a busy machine), input/output/temp/user folders in a scratch
-  directory (the host checkout is never written), a recording stand-in for the web server, and
-  a test-only node that builds random-weight checkpoints (``RANDOM_LOADER``, from
-  ``scripts/random_models.py``).
+  much faster on a busy machine), input/output/temp/user folders in a scratch directory and
+  bytecode caches outside the host folder (the host folder is never written), a recording
+  stand-in for the web server, and a test-only node that builds random-weight checkpoints
+  (``RANDOM_LOADER``, from ``scripts/random_models.py``).
 * ``load_pack()`` loads this repository as the host loads a custom node folder.
 * ``run_prompt()`` validates and executes an API-format prompt with the host's executor.
 
@@ -31,25 +34,52 @@ from pathlib import Path
 
 PACK_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent
+SHARED_HOST = PACK_ROOT.parent / "shared" / "ComfyUI"  # the read-only copy next to the repository
 DEFAULT_HOST_ARGS = "--cpu"
 RANDOM_LOADER = "LeditsTestRandomCheckpoint"
+HOST_VERSION = "0.3.64"  # the host version the pack is developed and tested against (and later ones)
 
 # Top-level names that must resolve to the host's modules (our pack has a ``nodes/`` folder).
 _HOST_MODULES = ("nodes", "execution", "server", "folder_paths", "comfy", "utils")
 
 
+def host_candidates():
+    """Where the host is looked for, in order, as ``(label, path)``: ``$COMFYUI_PATH`` alone when it is
+    set (an explicit choice is never silently replaced by another host), else ``~/ComfyUI`` and then
+    ``../shared/ComfyUI`` next to this repository."""
+    explicit = os.environ.get("COMFYUI_PATH")
+    if explicit:
+        return [("$COMFYUI_PATH", Path(explicit).expanduser().resolve())]
+    return [("~/ComfyUI", (Path.home() / "ComfyUI").resolve()), ("../shared/ComfyUI", SHARED_HOST.resolve())]
+
+
+def is_host(path):
+    """Whether ``path`` looks like a ComfyUI checkout (its ``nodes.py`` and ``comfy/`` package)."""
+    path = Path(path)
+    return (path / "nodes.py").is_file() and (path / "comfy" / "model_management.py").is_file()
+
+
+def find_host():
+    """The first usable host of ``host_candidates()``, or None."""
+    return next((path for _, path in host_candidates() if is_host(path)), None)
+
+
 def host_path():
-    """Where the host checkout is expected: ``$COMFYUI_PATH`` or ``~/ComfyUI``."""
-    return Path(os.environ.get("COMFYUI_PATH") or "~/ComfyUI").expanduser().resolve()
+    """The host checkout in use (see ``host_candidates()``); RuntimeError when there is none."""
+    path = find_host()
+    if path is None:
+        raise RuntimeError(host_missing_reason())
+    return path
 
 
-def host_missing_reason():
-    """None when the host is usable, else a sentence saying why not and what to do."""
-    path = host_path()
-    if (path / "nodes.py").is_file() and (path / "comfy" / "model_management.py").is_file():
+def host_missing_reason(purpose="run the host tests"):
+    """None when a host is usable, else a sentence saying where it was looked for and what to do
+    to ``purpose``."""
+    if find_host() is not None:
         return None
-    return (f"ComfyUI host not found at {path}; set COMFYUI_PATH to a ComfyUI checkout "
-            "(>= 0.3.64, see DESIGN.md section 5) to run the host tests")
+    looked = " and ".join(f"{label} ({path})" for label, path in host_candidates())
+    return (f"ComfyUI host not found at {looked}; set COMFYUI_PATH to a ComfyUI checkout "
+            f"({HOST_VERSION} or later, see docs/DESIGN.md, 'Running the real host') to {purpose}")
 
 
 class DummyServer:
@@ -125,6 +155,18 @@ def _use_scratch_dirs():
     _state["scratch"] = scratch
 
 
+def _bytecode_outside(path):
+    """Keep Python's bytecode caches out of the host folder: with no cache prefix chosen by the user
+    (``PYTHONPYCACHEPREFIX``), they go to ``$XDG_CACHE_HOME/ledits_pp/pycache`` (default ``~/.cache``)."""
+    if sys.dont_write_bytecode or sys.pycache_prefix is not None:
+        return
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ledits_pp" / "pycache"
+    if cache.resolve().is_relative_to(path):
+        sys.dont_write_bytecode = True
+        return
+    sys.pycache_prefix = str(cache)
+
+
 def _progress_hook(value, total, preview_image, prompt_id=None, node_id=None):
     """Like the hook ``main.py`` installs: check for interrupts, record a ``progress`` message."""
     import comfy.model_management
@@ -144,11 +186,9 @@ def import_host():
     """Import the host in-process (idempotent) and return its ``nodes`` module."""
     if _state["imported"]:
         return sys.modules["nodes"]
-    reason = host_missing_reason()
-    if reason is not None:
-        raise RuntimeError(reason)
     path = host_path()
     _check_not_shadowed(path)
+    _bytecode_outside(path)
     if os.environ.get("COMFYUI_TEST_THREADS"):
         import torch
 

@@ -5,7 +5,8 @@
         --edit "-beard:4:0.85" --out out/
 
 An --edit is [+|-]text[:scale[:threshold]]; '-' removes the concept. The graph runs in-process on the
-host's own executor, exactly as the nodes run in the UI. The host is found at $COMFYUI_PATH or ~/ComfyUI.
+host's own executor, exactly as the nodes run in the UI. The host is looked for at $COMFYUI_PATH, else
+~/ComfyUI, else ../shared/ComfyUI next to this repository (scripts/hostenv.py).
 """
 
 from __future__ import annotations
@@ -117,9 +118,10 @@ def main(argv=None) -> int:
         raise SystemExit(f"--image {args.image}: no such file")
     if args.ckpt and not Path(args.ckpt).is_file():
         raise SystemExit(f"--ckpt {args.ckpt}: no such file")
-    reason = hostenv.host_missing_reason()
+    reason = hostenv.host_missing_reason("run this edit")
     if reason:
-        raise SystemExit(f"{reason}.\nGet it with:\n  git clone https://github.com/comfyanonymous/ComfyUI ~/ComfyUI\n"
+        raise SystemExit(f"{reason}.\nThis job runs the edit inside ComfyUI. Get ComfyUI with:\n"
+                         "  git clone https://github.com/comfyanonymous/ComfyUI ~/ComfyUI\n"
                          "  pip install -r ~/ComfyUI/requirements.txt\nthen run this command again.")
     hostenv.import_host()
     hostenv.load_pack()

@@ -1,10 +1,13 @@
 """Host test harness: tests in this folder run against the real ComfyUI host, in-process.
 
-Without a host checkout (``COMFYUI_PATH``, default ``~/ComfyUI``) every test here is skipped,
-with the reason in the summary. Test modules import ``hostenv`` (``scripts/hostenv.py``; ``scripts/`` is put on
-``sys.path``) and must not import the host at module level: use the ``host`` fixture.
+The host is looked for at ``$COMFYUI_PATH``, else ``~/ComfyUI``, else ``../shared/ComfyUI`` next to
+the repository (``scripts/hostenv.py``). Without one every test here is skipped, with the reason in
+the summary; when the environment variable ``CI`` is set, a missing host is an error instead (the
+run stops before any test). Test modules import ``hostenv`` (``scripts/hostenv.py``; ``scripts/`` is
+put on ``sys.path``) and must not import the host at module level: use the ``host`` fixture.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -25,13 +28,15 @@ def pytest_report_header(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip every test of this folder, loudly, when the host is missing."""
+    """Skip every test of this folder, loudly, when the host is missing; with ``CI`` set, fail instead."""
     reason = hostenv.host_missing_reason()
     if reason is None:
         return
-    for item in items:
-        if HERE in Path(item.path).resolve().parents:
-            item.add_marker(pytest.mark.skip(reason=reason))
+    ours = [item for item in items if HERE in Path(item.path).resolve().parents]
+    if ours and os.environ.get("CI"):
+        raise pytest.UsageError(f"CI is set and the host tests cannot run: {reason}")
+    for item in ours:
+        item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="session")

@@ -80,12 +80,44 @@ def test_this_pack_loads(host):
     assert hasattr(module, "comfy_entrypoint") and ours
 
 
-def test_without_host_every_host_test_is_skipped_with_the_reason():
-    """Runs pytest on this folder with COMFYUI_PATH pointing nowhere (a few seconds)."""
+def _pytest_without_host(ci):
+    """pytest on one host test module with COMFYUI_PATH pointing nowhere (so no other host is tried)."""
     root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "COMFYUI_PATH": "/nonexistent/ComfyUI"}
-    result = subprocess.run([sys.executable, "-m", "pytest", "tests/host/test_random_models.py", "-q", "-p", "no:cacheprovider"],
-                            cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env["COMFYUI_PATH"] = "/nonexistent/ComfyUI"
+    if ci:
+        env["CI"] = "1"
+    return subprocess.run([sys.executable, "-m", "pytest", "tests/host/test_random_models.py", "-q", "-p", "no:cacheprovider"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_without_host_every_host_test_is_skipped_with_the_reason():
+    """A few seconds: a subprocess that collects but runs nothing."""
+    result = _pytest_without_host(ci=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "passed" not in result.stdout and " skipped" in result.stdout
-    assert "SKIPPED" in result.stdout and "ComfyUI host not found at /nonexistent/ComfyUI" in result.stdout
+    assert "SKIPPED" in result.stdout and "ComfyUI host not found at $COMFYUI_PATH (/nonexistent/ComfyUI)" in result.stdout
+
+
+def test_without_host_in_ci_the_run_fails():
+    """With CI set, a missing host is an error, not a green run of skips."""
+    result = _pytest_without_host(ci=True)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "passed" not in output and "SKIPPED" not in output
+    assert "CI is set and the host tests cannot run: ComfyUI host not found" in output
+
+
+def test_host_lookup_order(host, monkeypatch, tmp_path):
+    """$COMFYUI_PATH alone when set; else ~/ComfyUI, then ../shared/ComfyUI next to the repository."""
+    monkeypatch.setenv("COMFYUI_PATH", str(tmp_path))
+    assert [label for label, _ in host.host_candidates()] == ["$COMFYUI_PATH"]
+    assert host.find_host() is None and str(tmp_path) in host.host_missing_reason()
+    monkeypatch.delenv("COMFYUI_PATH")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert host.host_candidates() == [("~/ComfyUI", (tmp_path / "ComfyUI").resolve()),
+                                      ("../shared/ComfyUI", (host.PACK_ROOT.parent / "shared" / "ComfyUI").resolve())]
+    (tmp_path / "ComfyUI" / "comfy").mkdir(parents=True)
+    (tmp_path / "ComfyUI" / "nodes.py").touch()
+    (tmp_path / "ComfyUI" / "comfy" / "model_management.py").touch()
+    assert host.find_host() == (tmp_path / "ComfyUI").resolve()

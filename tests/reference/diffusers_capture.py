@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,9 +82,17 @@ SD15_BETAS = dict(
 
 
 def comfyui_tokenizer_dir() -> Path | None:
-    """The host's real CLIP-L tokenizer folder (``$COMFYUI_PATH/comfy/sd1_tokenizer``, default
-    ``~/ComfyUI``) or None when it is absent."""
-    root = Path(os.environ.get("COMFYUI_PATH", str(Path.home() / "ComfyUI"))).expanduser()
+    """The host's real CLIP-L tokenizer folder (``comfy/sd1_tokenizer`` of the host that
+    ``scripts/hostenv.py`` finds: ``$COMFYUI_PATH``, else ``~/ComfyUI``, else ``../shared/ComfyUI``;
+    the host is not imported) or None when it is absent."""
+    scripts = str(Path(__file__).resolve().parents[2] / "scripts")
+    if scripts not in sys.path:
+        sys.path.append(scripts)
+    import hostenv
+
+    root = hostenv.find_host()
+    if root is None:
+        return None
     d = root / "comfy" / "sd1_tokenizer"
     return d if (d / "vocab.json").is_file() and (d / "merges.txt").is_file() else None
 

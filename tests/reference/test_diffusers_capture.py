@@ -97,7 +97,7 @@ def ddim_cap(ddim_pipe):
 
 def test_real_tokenizer_loads_with_77_tokens():
     if comfyui_tokenizer_dir() is None:
-        pytest.skip("host checkout with comfy/sd1_tokenizer absent (set COMFYUI_PATH, default ~/ComfyUI)")
+        pytest.skip("no host checkout with comfy/sd1_tokenizer (COMFYUI_PATH, ~/ComfyUI or ../shared/ComfyUI)")
     tok = build_tokenizer(prefer_real=True)
     assert tok.model_max_length == 77
     ids = tok(["a red hat"]).input_ids[0]
