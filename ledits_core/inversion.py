@@ -22,6 +22,8 @@ class InversionRecord:
     sigmas: (N + 1,) float64, descending, last usually 0.  x_start: (B, C, H, W) state at sigmas[0].
     noise_maps: (N, B, C, H, W); slot i holds z_i, or the residual x_{i+1} - mean_i where c_i = 0
     (the step into sigma = 0), which makes the reconstruction exact.  settings: JSON-able facts.
+    states: (N, B, C, H, W) or None; slot i holds the state x_i the inversion evaluated (x_0 = x_start),
+    bitwise what a replay without edits walks through (Prompt-to-Prompt's source row is evaluated there).
     """
 
     sigmas: torch.Tensor
@@ -29,6 +31,7 @@ class InversionRecord:
     noise_maps: torch.Tensor
     sampler: str = "dpmpp_2m_sde"
     settings: dict = field(default_factory=dict)
+    states: torch.Tensor | None = None
 
     @property
     def steps(self) -> int:
@@ -41,6 +44,8 @@ class InversionRecord:
     def to_state(self) -> tuple[dict, dict]:
         """(tensors, settings): a dict of CPU tensors and a JSON-able dict; from_state inverts it."""
         tensors = {"sigmas": self.sigmas.cpu(), "x_start": self.x_start.cpu(), "noise_maps": self.noise_maps.cpu()}
+        if self.states is not None:
+            tensors["states"] = self.states.cpu()
         settings = dict(self.settings, sampler=self.sampler, format_version=FORMAT_VERSION)
         return tensors, settings
 
@@ -51,12 +56,14 @@ class InversionRecord:
         if version != FORMAT_VERSION:
             raise ValueError(f"inversion format {version} is not supported (expected {FORMAT_VERSION}); re-run the inversion")
         sampler = settings.pop("sampler")
-        return cls(tensors["sigmas"], tensors["x_start"], tensors["noise_maps"], sampler, settings)
+        return cls(tensors["sigmas"], tensors["x_start"], tensors["noise_maps"], sampler, settings,
+                   tensors.get("states"))
 
     def to(self, device=None, dtype=None) -> "InversionRecord":
-        """A copy with x_start and noise maps moved; sigmas stay float64 on the CPU."""
+        """A copy with x_start, noise maps and states moved; sigmas stay float64 on the CPU."""
+        states = None if self.states is None else self.states.to(device, dtype)
         return InversionRecord(self.sigmas, self.x_start.to(device, dtype), self.noise_maps.to(device, dtype),
-                               self.sampler, dict(self.settings))
+                               self.sampler, dict(self.settings), states)
 
 
 def step_noises(shape, steps: int, seed: int) -> torch.Tensor:
@@ -82,10 +89,12 @@ def invert(x0: torch.Tensor, sigmas: torch.Tensor, denoise: Denoiser, sampler: s
     x = x0 + sig[0] * noises[0]
     x_start = x.clone()
     maps = torch.empty((steps, *x0.shape), dtype=x0.dtype, device=x0.device)
+    states = torch.empty_like(maps)
     history = StepHistory()
     for i in range(steps):
         if interrupt is not None:
             interrupt()
+        states[i] = x
         denoised = denoise(x, sig[i], i)
         mean, c, history = stepper(x, denoised, sig[i], sig[i + 1], history)
         target = x0 + sig[i + 1] * noises[i + 1] if i + 1 < steps else x0
@@ -94,7 +103,7 @@ def invert(x0: torch.Tensor, sigmas: torch.Tensor, denoise: Denoiser, sampler: s
         if callback is not None:
             callback(i, x, denoised)
     return InversionRecord(torch.tensor(sig, dtype=torch.float64), x_start, maps, sampler,
-                           dict(settings or {}, seed=int(seed)))
+                           dict(settings or {}, seed=int(seed)), states)
 
 
 def sample(record: InversionRecord, denoise: Denoiser, callback=None, interrupt=None,

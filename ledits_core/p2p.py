@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 
 from .attention import AttentionAccumulator
-from .inversion import step_noises
 
 REWEIGHT_LIMIT = 2.0
 """Re-weighting factors c must lie in [-REWEIGHT_LIMIT, REWEIGHT_LIMIT] (the paper's range)."""
@@ -243,20 +242,19 @@ class LocalBlend:
 
 
 class SourceTrajectory:
-    """The inversion's own states x_i = x0 + sigma_i n_i (x_N = x0): where the source row is evaluated.
-
-    x0 (B, C, H, W) in model space, sigmas (N + 1,), seed: the inversion's (its n_i come from step_noises).
+    """The inversion's own states x_i (= x0 + sigma_i n_i up to rounding; x_N = x0): where the source row is
+    evaluated. states (N, B, C, H, W) as the inversion recorded them (bitwise what an unedited replay walks
+    through, so that an unchanged prompt stays exact), x0 (B, C, H, W) the photo in model space.
     """
 
-    def __init__(self, x0: torch.Tensor, sigmas: torch.Tensor, seed: int):
+    def __init__(self, states: torch.Tensor, x0: torch.Tensor):
+        if states is None:
+            raise ValueError("the inversion has no recorded states (made by an older version): re-run it")
+        self.states = states
         self.x0 = x0
-        self.sigmas = [float(s) for s in torch.as_tensor(sigmas, dtype=torch.float64).tolist()]
-        self.noises = step_noises(x0.shape, len(self.sigmas) - 1, seed)
 
     def state(self, i: int) -> torch.Tensor:
-        if i >= len(self.sigmas) - 1:
-            return self.x0
-        return self.x0 + self.sigmas[i] * self.noises[i].to(self.x0.device, self.x0.dtype)
+        return self.x0 if i >= self.states.shape[0] else self.states[i]
 
 
 def steps_before(fraction: float, steps: int) -> int:

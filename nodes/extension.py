@@ -6,9 +6,11 @@ from typing_extensions import override
 from .concept_node import LeditsConceptEdit
 from .inversion_node import LeditsInversionNode
 from .preview_node import LeditsMaskPreview
+from .prompt_edit_node import LeditsPromptEditNode
 from .sampler_nodes import LeditsGuiderNode, LeditsSampler
 
-NODES = [LeditsInversionNode, LeditsConceptEdit, LeditsSampler, LeditsGuiderNode, LeditsMaskPreview]
+NODES = [LeditsInversionNode, LeditsConceptEdit, LeditsPromptEditNode, LeditsSampler, LeditsGuiderNode,
+         LeditsMaskPreview]
 
 
 class LeditsExtension(ComfyExtension):

@@ -10,8 +10,9 @@ import torch
 
 from .. import ledits_core as core
 from .capture import AttentionCapture, patched_clone
-from .host_model import quarter_resolution_blocks, with_size_conditioning
-from .objects import LeditsConcept, LeditsInversion
+from .host_model import quarter_resolution_blocks, transformer_blocks, with_size_conditioning
+from .objects import LeditsConcept, LeditsInversion, LeditsPromptEdit
+from .prompt_control import PromptControl
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,15 @@ def latent_mask(mask: torch.Tensor | None, latent_shape) -> torch.Tensor | None:
 
 
 class LeditsGuider(comfy.samplers.CFGGuider):
-    """One batched calc_cond_batch of [uncond, (source), active concepts] per step, then LEDITS++ guidance."""
+    """One batched calc_cond_batch per step, then LEDITS++ guidance: [uncond, (source), active concepts], or
+    with a prompt edit [uncond, active concepts, target, source at the inversion's state]."""
 
     def setup(self, inversion: LeditsInversion, concepts: list[LeditsConcept], mask_mode: str = "intersect",
-              capture: AttentionCapture | None = None):
-        """Set the conds (uncond, source, one per concept) and the guidance; concepts may be empty."""
+              capture: AttentionCapture | None = None, prompt: PromptControl | None = None):
+        """Set the conds (uncond, source, one per concept, target) and the guidance; concepts may be empty."""
         self.inversion = inversion
+        self.prompt = prompt
+        self.blend_index = len(concepts)
         self.source_scale = inversion.source_scale if inversion.source is not None else 0.0
         shape, kind = inversion.latent_shape, inversion.kind
         self.guidance = core.EditGuidance(concept_specs(concepts, inversion.steps, shape), mask_mode)
@@ -59,11 +63,15 @@ class LeditsGuider(comfy.samplers.CFGGuider):
             conds["source"] = with_size_conditioning(inversion.source, kind, shape)
         for i, c in enumerate(concepts):
             conds[f"concept_{i}"] = with_size_conditioning(c.conditioning, kind, shape)
+        if prompt is not None:
+            conds["target"] = with_size_conditioning(prompt.edit.target_conditioning, kind, shape)
         self.inner_set_conds(conds)
         return self
 
     def sample(self, *args, **kwargs):
         self.guidance.masks = {}
+        if self.prompt is not None:
+            self.prompt.reset()
         return super().sample(*args, **kwargs)
 
     def step_index(self, timestep, model_options) -> int:
@@ -77,9 +85,14 @@ class LeditsGuider(comfy.samplers.CFGGuider):
         model_options = model_options or {}
         step = self.step_index(timestep, model_options)
         active = self.guidance.active(step)
-        conds = [self.conds["uncond"]] + ([self.conds["source"]] if "source" in self.conds else [])
+        with_source = "source" in self.conds and self.prompt is None
+        conds = [self.conds["uncond"]] + ([self.conds["source"]] if with_source else [])
         offset = len(conds)
         conds += [self.conds[f"concept_{i}"] for i in active]
+        if self.prompt is not None:
+            target = len(conds)
+            conds += [self.conds["target"], self.conds["source"]]
+            self.prompt.begin_step(step, target, target + 1, x)
         use_capture = self.capture is not None and self.guidance.needs_attention and active
         if use_capture:
             self.capture.begin_step({offset + j: c for j, c in enumerate(active)})
@@ -89,6 +102,8 @@ class LeditsGuider(comfy.samplers.CFGGuider):
         finally:
             if self.capture is not None:
                 self.capture.enabled = False
+            if self.prompt is not None:
+                self.prompt.enabled = False
         attn = self.capture.end_step() if use_capture else {}
         if use_capture and not attn:
             log.warning("[LEDITS++] no cross-attention at 1/4 latent resolution was seen at step %d; "
@@ -96,11 +111,24 @@ class LeditsGuider(comfy.samplers.CFGGuider):
         out = self._pre_cfg(conds, out, x, timestep, model_options)
         uncond = out[0]
         base = core.source_guidance(uncond, out[1], self.source_scale) if offset == 2 else uncond
+        if self.prompt is not None:
+            base = core.source_guidance(uncond, out[target], self.prompt.edit.scale)
+            self._blend_mask(step, x.shape[-2:])
         preds = {c: out[offset + j] for j, c in enumerate(active)}
         guided = self.guidance(step, base, uncond, preds, attn)
         if self.step_listener is not None:
             self.step_listener(step, self.inversion.steps, self.guidance.masks.get(step, {}), guided)
         return self._post_cfg(conds, guided, base, uncond, x, timestep, model_options)
+
+    def _blend_mask(self, step: int, latent_hw) -> None:
+        """Close the prompt edit's step; record its local-blend mask beside the concepts' masks."""
+        mask = self.prompt.end_step(latent_hw)
+        if self.prompt.blend is not None and mask is None:
+            log.warning("[LEDITS++] no cross-attention at 1/4 latent resolution was seen at step %d; "
+                        "the local blend does not act", step)
+        if mask is not None and self.guidance.record_masks:
+            binary = (mask > 0.5).cpu()
+            self.guidance.masks.setdefault(step, {})[self.blend_index] = core.StepMasks(binary, None, binary)
 
     def _pre_cfg(self, conds, out, x, timestep, model_options):
         for fn in model_options.get("sampler_pre_cfg_function", []):
@@ -138,8 +166,10 @@ def inversion_sampler(sink: list, sigmas: torch.Tensor, sampler: str, seed: int,
     return comfy.samplers.KSAMPLER(ledits_invert)
 
 
-def edit_sampler(inversion: LeditsInversion):
-    """A KSAMPLER that replays the inversion's noise maps from its start state; the incoming x is ignored."""
+def edit_sampler(inversion: LeditsInversion, post_step=None):
+    """A KSAMPLER that replays the inversion's noise maps from its start state; the incoming x is ignored.
+
+    post_step(i, x) -> x: a prompt edit's local blend."""
     def ledits_edit(model, x, sigmas_in, extra_args=None, callback=None, disable=None):
         record = inversion.record
         if sigmas_in.shape[-1] != record.sigmas.shape[-1] or not torch.allclose(
@@ -151,12 +181,14 @@ def edit_sampler(inversion: LeditsInversion):
                              f"sampler got {tuple(x.shape)}: use the same latent, or re-run LEDITS Inversion")
         record = record.to(x.device, x.dtype)
         return core.sample(record, _denoiser(model, extra_args or {}, x.shape[0], x),
-                           callback=_k_callback(callback, record.sigmas), interrupt=_interrupt)
+                           callback=_k_callback(callback, record.sigmas), interrupt=_interrupt, post_step=post_step)
     return comfy.samplers.KSAMPLER(ledits_edit)
 
 
-def edit_guider(model, inversion: LeditsInversion, concepts: list[LeditsConcept], mask_mode: str) -> LeditsGuider:
-    """A guider on a clone of model, with attention capture on the 1/4-resolution blocks when M1 is used."""
+def edit_guider(model, inversion: LeditsInversion, concepts: list[LeditsConcept], mask_mode: str,
+                prompt_edit: LeditsPromptEdit | None = None) -> LeditsGuider:
+    """A guider on a clone of model, with attention capture on the 1/4-resolution blocks when M1 is used,
+    and the prompt edit's attention control when there is one (check_prompt_edit first)."""
     capture = None
     if concepts and mask_mode in ("intersect", "attention"):
         capture = AttentionCapture({i: list(c.token_positions) for i, c in enumerate(concepts)},
@@ -167,4 +199,15 @@ def edit_guider(model, inversion: LeditsInversion, concepts: list[LeditsConcept]
         model = patched_clone(model, capture, blocks)
     else:
         model = model.clone()
-    return LeditsGuider(model).setup(inversion, concepts, mask_mode, capture)
+    control = None
+    if prompt_edit is not None:
+        x0 = model.get_model_object("latent_format").process_in(inversion.photo.float())
+        control = PromptControl(prompt_edit, inversion, x0)
+        control.install(model, transformer_blocks(model))
+    return LeditsGuider(model).setup(inversion, concepts, mask_mode, capture, control)
+
+
+def blend_step(guider: LeditsGuider):
+    """The post-step function of a guider's prompt edit (local blend), or None."""
+    prompt = getattr(guider, "prompt", None)
+    return prompt.post_step if prompt is not None and prompt.blend is not None else None

@@ -80,3 +80,30 @@ def conditioning_to_cpu(conditioning: list) -> list:
     def move(v):
         return v.detach().cpu() if isinstance(v, torch.Tensor) else v
     return [[move(t), {k: move(v) for k, v in extra.items()}] for t, extra in conditioning]
+
+
+def transformer_blocks(model) -> list[tuple[str, int, int]]:
+    """(block_name, number, level) of every UNet block with a spatial transformer; level = downsamplings
+    from the latent (0: latent size, 2: 1/4 of it), read from the module structure."""
+    from comfy.ldm.modules.attention import SpatialTransformer
+    from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample
+
+    unet = model.model.diffusion_model
+
+    def has(block, kind):
+        return any(isinstance(m, kind) for m in block.modules())
+
+    out, level = [], 0
+    for number, block in enumerate(unet.input_blocks):
+        if has(block, SpatialTransformer):
+            out.append(("input", number, level))
+        if has(block, Downsample):
+            level += 1
+    if unet.middle_block is not None and has(unet.middle_block, SpatialTransformer):
+        out.append(("middle", 0, level))
+    for number, block in enumerate(unet.output_blocks):
+        if has(block, SpatialTransformer):
+            out.append(("output", number, level))
+        if has(block, Upsample):
+            level -= 1
+    return out

@@ -37,7 +37,7 @@ def invert_latent(model, clip, latent: dict, steps: int, skip: float, sampler: s
                   disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
     record = sink[0].to("cpu")
     return LeditsInversion(record, kind, tuple(samples.shape), pending.uncond, pending.source, pending.source_scale,
-                           scheduler, float(skip))
+                           scheduler, float(skip), photo=samples.detach().cpu())
 
 
 class LeditsInversionNode(io.ComfyNode):

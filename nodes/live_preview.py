@@ -99,18 +99,24 @@ def data_url(image: torch.Tensor, quality: int = 75) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def concept_info(concepts) -> list[dict]:
-    """What the browser shows per concept besides the image: name, direction, strength, colour."""
-    return [{"index": i, "label": c.label, "reverse": bool(c.reverse), "scale": float(c.scale),
+def concept_info(concepts, extra_labels=()) -> list[dict]:
+    """What the browser shows per concept besides the image: name, direction, strength, colour.
+
+    extra_labels: masks after the concepts' (a prompt edit's local blend), shown the same way.
+    """
+    info = [{"index": i, "label": c.label, "reverse": bool(c.reverse), "scale": float(c.scale),
              "colour": list(concept_colour(i))} for i, c in enumerate(concepts)]
+    n = len(info)
+    return info + [{"index": n + j, "label": label, "reverse": False, "scale": 0.0,
+                    "colour": list(concept_colour(n + j))} for j, label in enumerate(extra_labels)]
 
 
 class LivePreview:
     """The step listener: at most one ``ledits.step`` message per step, while the browser stays connected."""
 
-    def __init__(self, server, client_id, node_id, concepts, previewer):
+    def __init__(self, server, client_id, node_id, concepts, previewer, extra_labels=()):
         self.server, self.client_id, self.node_id = server, client_id, node_id
-        self.info = concept_info(concepts)
+        self.info = concept_info(concepts, extra_labels)
         self.previewer = previewer
         self.last_step = None
 
@@ -141,18 +147,20 @@ class LivePreview:
         return {"node": self.node_id, "step": int(step), "total": int(total_steps), "concepts": concepts}
 
 
-def make_step_listener(concepts, model, node_id):
+def make_step_listener(concepts, model, node_id, extra_labels=()):
     """A LeditsGuider step listener sending live previews, or None when no browser watches this prompt.
 
     When a browser is connected this also sends ``ledits.start`` for the node (it clears the old previews),
-    even without concepts (then there is nothing to preview and None is returned).
+    even without concepts (then there is nothing to preview and None is returned). extra_labels: masks after
+    the concepts' (a prompt edit's local blend: "local blend: cat dog").
     """
     client = connected_client()
     if client is None or node_id is None:
         return None
     server, client_id = client
     concepts = list(concepts or ())
-    server.send_sync("ledits.start", {"node": node_id, "concepts": concept_info(concepts)}, client_id)
-    if not concepts:
+    info = concept_info(concepts, extra_labels)
+    server.send_sync("ledits.start", {"node": node_id, "concepts": info}, client_id)
+    if not info:
         return None
-    return LivePreview(server, client_id, node_id, concepts, latent_previewer(model))
+    return LivePreview(server, client_id, node_id, concepts, latent_previewer(model), extra_labels)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..ledits_core import InversionRecord, StepMasks
+from ..ledits_core.p2p import CrossAttentionEdit
 
 CONCEPT_COLOURS = (
     (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
@@ -48,6 +49,8 @@ class LeditsInversion:
     source_scale: float = 0.0
     scheduler: str = "karras"
     skip: float = 0.15
+    photo: torch.Tensor | None = None
+    """The inverted latent itself (raw, CPU): Prompt-to-Prompt's source row and local blend start from it."""
 
     @property
     def steps(self) -> int:
@@ -72,6 +75,43 @@ class LeditsConcept:
     def step_window(self, steps: int) -> tuple[int, int]:
         """(first step, step after the last) that this concept acts on, from its warmup/cooldown fractions."""
         return int(round(self.warmup * steps)), int(round(self.cooldown * steps))
+
+
+@dataclass(frozen=True)
+class LeditsPromptEdit:
+    """LEDITS_PROMPT_EDIT: a Prompt-to-Prompt edit of the photo's caption (source) into the target.
+
+    source_conditioning is checked against the inversion's source; cross says how the target's
+    cross-attention columns take the source's (swap / aligned refinement) and their re-weighting factors.
+    blend_source / blend_target: token positions of the local-blend words (empty: no local blend).
+    """
+
+    source_text: str
+    target_text: str
+    source_conditioning: list
+    target_conditioning: list
+    cross: CrossAttentionEdit
+    source_len: int
+    scale: float = 7.5
+    cross_replace: float = 0.8
+    self_replace: float = 0.4
+    reweight: tuple = ()
+    blend_words: tuple = ()
+    blend_source: tuple = ()
+    blend_target: tuple = ()
+    blend_threshold: float = 0.3
+
+    @property
+    def target_len(self) -> int:
+        return self.cross.length
+
+    @property
+    def mode(self) -> str:
+        return "word swap" if self.cross.swap else "refinement"
+
+    @property
+    def blend_label(self) -> str:
+        return "local blend: " + " ".join(self.blend_words) if self.blend_words else ""
 
 
 @dataclass

@@ -9,11 +9,12 @@ from comfy_api.latest import io
 from comfy_execution.utils import get_executing_context
 
 from ..ledits_core import MASK_MODES
-from .guider import edit_guider, edit_sampler
+from .guider import blend_step, edit_guider, edit_sampler
 from .host_model import model_kind
 from .live_preview import make_step_listener
 from .objects import LeditsInversion, LeditsMasks
-from .types import CATEGORY, LeditsConceptsType, LeditsInversionType, LeditsMasksType
+from .prompt_edit_node import check_prompt_edit
+from .types import CATEGORY, LeditsConceptsType, LeditsInversionType, LeditsMasksType, LeditsPromptEditType
 
 MASK_MODE_TOOLTIP = ("Where each edit may act. intersect (recommended): attention map AND noise map; attention: "
                      "cross-attention only; noise: noise-estimate only; none: everywhere.")
@@ -29,23 +30,35 @@ def check_compatible(model, inversion: LeditsInversion) -> None:
                          f"{kind.describe()}: connect the same checkpoint, or re-run LEDITS Inversion with this one")
 
 
-def run_edit(model, inversion: LeditsInversion, concepts, mask_mode: str = "intersect"):
-    """Edit: replay the inversion with LEDITS++ guidance. Returns (raw latent, LeditsMasks)."""
+def check_edit(model, inversion: LeditsInversion, mask_mode: str, prompt_edit=None) -> None:
+    """Every check the Sampler and the Guider make before any work."""
     check_compatible(model, inversion)
     if mask_mode not in MASK_MODES:
         raise ValueError(f"unknown mask mode {mask_mode!r}; choose one of {', '.join(MASK_MODES)}")
+    if prompt_edit is not None:
+        check_prompt_edit(inversion, prompt_edit)
+
+
+def run_edit(model, inversion: LeditsInversion, concepts, mask_mode: str = "intersect", prompt_edit=None):
+    """Edit: replay the inversion with LEDITS++ guidance (and a prompt edit). Returns (raw latent, LeditsMasks)."""
+    check_edit(model, inversion, mask_mode, prompt_edit)
     concepts = list(concepts or ())
-    guider = edit_guider(model, inversion, concepts, mask_mode)
+    guider = edit_guider(model, inversion, concepts, mask_mode, prompt_edit)
+    labels = [c.label for c in concepts] + ([prompt_edit.blend_label] if guider.prompt and guider.prompt.blend else [])
     context = get_executing_context()
-    guider.step_listener = make_step_listener(concepts, model, context.node_id if context else None)
+    guider.step_listener = make_step_listener(concepts, model, context.node_id if context else None,
+                                              labels[len(concepts):])
     shape = inversion.latent_shape
     zeros = torch.zeros(shape)
-    out = guider.sample(zeros, zeros, edit_sampler(inversion), inversion.record.sigmas.float(),
+    out = guider.sample(zeros, zeros, edit_sampler(inversion, blend_step(guider)), inversion.record.sigmas.float(),
                         callback=latent_preview.prepare_callback(model, inversion.steps),
                         disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=inversion.record.settings.get("seed"))
-    masks = LeditsMasks([c.label for c in concepts], inversion.steps, tuple(shape[-2:]), int(shape[0]),
-                        dict(guider.guidance.masks))
-    return out.cpu(), masks
+    out = out.cpu()
+    if guider.prompt is not None and guider.prompt.mask is not None:
+        # local blend: outside the mask, the photo itself (bitwise, not through the latent format's scaling)
+        out = torch.where(guider.prompt.mask.cpu() > 0.5, out, inversion.photo.to(out.dtype))
+    masks = LeditsMasks(labels, inversion.steps, tuple(shape[-2:]), int(shape[0]), dict(guider.guidance.masks))
+    return out, masks
 
 
 def edit_inputs() -> list:
@@ -56,6 +69,9 @@ def edit_inputs() -> list:
         LeditsConceptsType.Input("concepts", optional=True,
                                  tooltip="From LEDITS Concept Edit. Leave empty to reconstruct the photo."),
         io.Combo.Input("mask_mode", options=list(MASK_MODES), default="intersect", tooltip=MASK_MODE_TOOLTIP),
+        LeditsPromptEditType.Input("prompt_edit", optional=True,
+                                   tooltip="Optional: from LEDITS Prompt Edit (rewrite the photo's caption). Works "
+                                           "alone or together with concepts."),
     ]
 
 
@@ -73,8 +89,8 @@ class LeditsSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, inversion, mask_mode, concepts=None) -> io.NodeOutput:
-        samples, masks = run_edit(model, inversion, concepts, mask_mode)
+    def execute(cls, model, inversion, mask_mode, concepts=None, prompt_edit=None) -> io.NodeOutput:
+        samples, masks = run_edit(model, inversion, concepts, mask_mode, prompt_edit)
         return io.NodeOutput({"samples": samples}, masks)
 
 
@@ -103,7 +119,8 @@ class LeditsGuiderNode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, inversion, mask_mode, concepts=None) -> io.NodeOutput:
-        check_compatible(model, inversion)
-        guider = edit_guider(model, inversion, list(concepts or ()), mask_mode)
-        return io.NodeOutput(guider, edit_sampler(inversion), inversion.record.sigmas.float(), LeditsDisabledNoise())
+    def execute(cls, model, inversion, mask_mode, concepts=None, prompt_edit=None) -> io.NodeOutput:
+        check_edit(model, inversion, mask_mode, prompt_edit)
+        guider = edit_guider(model, inversion, list(concepts or ()), mask_mode, prompt_edit)
+        return io.NodeOutput(guider, edit_sampler(inversion, blend_step(guider)), inversion.record.sigmas.float(),
+                             LeditsDisabledNoise())

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ledits_core import p2p
-from ledits_core.inversion import invert, step_noises
+from ledits_core.inversion import InversionRecord, invert, sample, step_noises
 from ledits_core.schedules import karras_sigmas
 
 BOS, EOS = 49406, 49407
@@ -159,18 +159,31 @@ def test_local_blend_accumulates_over_layers_and_steps():
 
 
 def test_source_trajectory_is_the_inversions_path(denoiser, latent):
-    """The states the inversion walked through are x0 + sigma_i n_i: the source row needs no stepping."""
+    """The inversion records the states it walked through (= x0 + sigma_i n_i): the source row needs no stepping."""
     sigmas = karras_sigmas(6)
     seen = []
-    invert(latent, sigmas, lambda x, s, i: (seen.append(x.clone()), denoiser(x, s))[1], seed=5)
-    traj = p2p.SourceTrajectory(latent, sigmas, seed=5)
+    record = invert(latent, sigmas, lambda x, s, i: (seen.append(x.clone()), denoiser(x, s))[1], seed=5)
+    traj = p2p.SourceTrajectory(record.states, latent)
+    noises = step_noises(latent.shape, 6, 5)
     for i, x in enumerate(seen):
-        assert torch.allclose(traj.state(i), x, atol=1e-5)
+        assert torch.equal(traj.state(i), x)
+        assert torch.allclose(traj.state(i), latent + float(sigmas[i]) * noises[i], atol=1e-5)
     assert traj.state(6) is latent
-    assert torch.equal(traj.noises, step_noises(latent.shape, 6, 5))
+    replayed = []
+    sample(record, lambda x, s, i: (replayed.append(x.clone()), denoiser(x, s))[1])
+    assert all(torch.equal(a, b) for a, b in zip(replayed, seen, strict=True))
+    with pytest.raises(ValueError, match="re-run"):
+        p2p.SourceTrajectory(None, latent)
 
 
 def test_steps_before():
     assert p2p.steps_before(0.8, 50) == 40 and p2p.steps_before(0.0, 50) == 0 and p2p.steps_before(1.0, 7) == 7
     with pytest.raises(ValueError):
         p2p.steps_before(1.5, 10)
+
+
+def test_record_states_survive_to_state_and_to(denoiser, latent):
+    record = invert(latent, karras_sigmas(3), lambda x, s, i: denoiser(x, s), seed=1)
+    back = InversionRecord.from_state(*record.to_state())
+    assert torch.equal(back.states, record.states) and torch.equal(record.to(dtype=torch.float64).states,
+                                                                    record.states.double())
