@@ -294,3 +294,42 @@ def test_clear_errors_before_any_work(pack, models):
     with pytest.raises(ValueError, match="not the prompt the inversion was made with"):
         pack["sampler_nodes"].run_edit(counting, other, None, "intersect", edit)
     assert calls == []
+
+
+def test_chains_onto_other_packs_attention_patches_and_leaves_the_model_alone(pack, models, host):
+    model, clip, _ = models("sd15")
+    inv = invert(pack, model, clip, photo_latent())
+    edit = prompt_edit(pack, clip, "a dog sitting on a sofa", scale=7.5, blend_words="dog", blend_threshold=0.9)
+    seen = set()
+
+    def theirs(q, k, v, extra_options):
+        seen.add((extra_options["block"][0], extra_options["block"][1], k.shape[1] == q.shape[1]))
+        return pack["prompt_control"].default_attention(q, k, v, extra_options)
+    other = model.clone()
+    blocks = host.import_pack_module("nodes.host_model").transformer_blocks(model)
+    for name, number, _ in blocks:
+        other.set_model_attn1_replace(theirs, name, number)
+        other.set_model_attn2_replace(theirs, name, number)
+    before = repr(other.model_options)
+    expected, _ = pack["sampler_nodes"].run_edit(model, inv, None, "intersect", edit)
+    out, _ = pack["sampler_nodes"].run_edit(other, inv, None, "intersect", edit)
+    assert {(n, i) for n, i, _ in seen} == {(n, i) for n, i, _ in blocks}  # their patch still runs everywhere
+    assert torch.allclose(out, expected, atol=1e-5)  # and ours still steers on top of it
+    assert repr(other.model_options) == before
+    assert "attn1" not in model.model_options.get("transformer_options", {}).get("patches_replace", {})
+
+
+def test_guider_equals_sampler_for_a_prompt_edit(pack, models, host):
+    host.load_builtin_extras()
+    nodes = host.import_host()
+    model, clip, _ = models("sdxl")
+    latent = photo_latent()
+    inv = invert(pack, model, clip, latent)
+    edit = prompt_edit(pack, clip, "a red dog sitting on a sofa", scale=6.0, reweight="red:1.5")
+    assert edit.mode == "refinement"
+    expected, _ = pack["sampler_nodes"].run_edit(model, inv, None, "intersect", edit)
+    guider, sampler, sigmas, noise = pack["sampler_nodes"].LeditsGuiderNode.execute(
+        model, inv, "intersect", None, edit).result
+    out = nodes.NODE_CLASS_MAPPINGS["SamplerCustomAdvanced"]().sample(noise, guider, sampler, sigmas,
+                                                                      {"samples": latent})[0]["samples"]
+    assert torch.equal(out.cpu(), expected)
