@@ -27,9 +27,12 @@ NODE_OUTPUTS = {
     "LeditsConceptEdit": [("concepts", "LEDITS_CONCEPTS")],
     "LeditsSampler": [("latent", "LATENT"), ("masks", "LEDITS_MASKS")],
     "LeditsMaskPreview": [("preview", "IMAGE"), ("mask", "MASK")],
+    "CLIPTextEncode": [("CONDITIONING", "CONDITIONING")],
+    "LeditsPromptEdit": [("prompt_edit", "LEDITS_PROMPT_EDIT")],
 }
 TITLES = {"LeditsInversion": "LEDITS Inversion", "LeditsConceptEdit": "LEDITS Concept Edit",
-          "LeditsSampler": "LEDITS Sampler", "LeditsMaskPreview": "LEDITS Mask Preview"}
+          "LeditsSampler": "LEDITS Sampler", "LeditsMaskPreview": "LEDITS Mask Preview",
+          "LeditsPromptEdit": "LEDITS Prompt Edit"}
 
 
 class Graph:
@@ -87,6 +90,28 @@ def edit_workflow(ckpt, concepts, steps=50, seed=42, preview=True):
     return g
 
 
+def prompt_edit_workflow(ckpt, caption, target, blend_words, steps=50, seed=42):
+    """Prompt-to-Prompt on the photo: the caption encoded as the inversion's source, the Prompt Edit's source
+    the same text, its output into the Sampler's prompt_edit; the local-blend mask in the Mask Preview."""
+    g = Graph()
+    loader = g.add("CheckpointLoaderSimple", (20, 40), [ckpt], size=(320, 100))
+    image = g.add("LoadImage", (20, 200), [SAMPLE_NAME, "image"], size=(320, 320))
+    latent = g.add("VAEEncode", (380, 560), [], [("pixels", (image, 0)), ("vae", (loader, 2))], size=(200, 50))
+    source = g.add("CLIPTextEncode", (380, 40), [caption], [("clip", (loader, 1))], size=(320, 140))
+    inversion = g.add("LeditsInversion", (380, 220), [steps, 0.15, "dpmpp_2m_sde", "karras", seed, "fixed", 3.5],
+                      [("model", (loader, 0)), ("clip", (loader, 1)), ("latent", (latent, 0)),
+                       ("source", (source, 0))], size=(320, 320))
+    edit = g.add("LeditsPromptEdit", (740, 40), [caption, target, 7.5, 0.8, 0.4, "", blend_words, 0.3],
+                 [("clip", (loader, 1))], size=(340, 460))
+    sampler = g.add("LeditsSampler", (1120, 40), ["intersect"], [("model", (loader, 0)), ("inversion", (inversion, 0)),
+                                                                ("prompt_edit", (edit, 0))], size=(300, 330))
+    decoded = g.add("VAEDecode", (1120, 420), [], [("samples", (sampler, 0)), ("vae", (loader, 2))], size=(200, 50))
+    g.add("SaveImage", (1480, 40), ["ledits_edit"], [("images", (decoded, 0))], size=(360, 380))
+    g.add("LeditsMaskPreview", (1120, 520), ["final", 0, -1], [("masks", (sampler, 1)), ("image", (image, 0))],
+          size=(300, 340))
+    return g
+
+
 def thumbnail(workflow, path, title):
     """A small picture of the graph: one box per node, links as lines, the title on top."""
     img = Image.new("RGB", (480, 270), (32, 34, 38))
@@ -138,10 +163,21 @@ WORKFLOWS = {
 }
 
 
+PROMPT_EDITS = {
+    "ledits_prompt_edit_sd15": ("LEDITS++: rewrite the caption (Prompt-to-Prompt, SD1.5)",
+                                "v1-5-pruned-emaonly.safetensors", "a photo of a smiling man in a blue shirt",
+                                "a photo of a smiling woman in a blue shirt", "man woman"),
+}
+
+
 def main():
     OUT.mkdir(exist_ok=True)
     for name, (title, ckpt, concepts) in WORKFLOWS.items():
         workflow = edit_workflow(ckpt, concepts).to_json(title)
+        (OUT / f"{name}.json").write_text(json.dumps(workflow, indent=2) + "\n")
+        thumbnail(workflow, OUT / f"{name}.jpg", title)
+    for name, (title, ckpt, caption, target, blend_words) in PROMPT_EDITS.items():
+        workflow = prompt_edit_workflow(ckpt, caption, target, blend_words).to_json(title)
         (OUT / f"{name}.json").write_text(json.dumps(workflow, indent=2) + "\n")
         thumbnail(workflow, OUT / f"{name}.jpg", title)
     sample_photo(ROOT / "assets" / SAMPLE_NAME)
