@@ -333,3 +333,21 @@ def test_guider_equals_sampler_for_a_prompt_edit(pack, models, host):
     out = nodes.NODE_CLASS_MAPPINGS["SamplerCustomAdvanced"]().sample(noise, guider, sampler, sigmas,
                                                                       {"samples": latent})[0]["samples"]
     assert torch.equal(out.cpu(), expected)
+
+
+def test_live_preview_sends_the_local_blend_mask_each_step(pack, models, server, monkeypatch):
+    monkeypatch.setattr(server, "client_id", "fake-browser")
+    monkeypatch.setattr(server, "sockets", {"fake-browser": object()}, raising=False)
+    model, clip, _ = models("sd15")
+    inv = invert(pack, model, clip, photo_latent())
+    edit = prompt_edit(pack, clip, "a dog sitting on a sofa", blend_words="dog", blend_threshold=0.9)
+    guider = pack["guider"].edit_guider(model, inv, [], "intersect", edit)
+    guider.step_listener = pack["live_preview"].make_step_listener([], model, "9", [edit.blend_label])
+    zeros = torch.zeros(inv.latent_shape)
+    guider.sample(zeros, zeros, pack["guider"].edit_sampler(inv, pack["guider"].blend_step(guider)),
+                  inv.record.sigmas.float())
+    assert [m["concepts"][0]["label"] for m in server.events("ledits.start")] == ["local blend: dog"]
+    steps = server.events("ledits.step")
+    assert [m["step"] for m in steps] == list(range(STEPS))
+    assert all(m["concepts"][0]["active"] and m["concepts"][0]["image"].startswith("data:image/jpeg")
+               for m in steps)
