@@ -64,7 +64,9 @@ class LeditsInversionNode(io.ComfyNode):
                 io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="karras",
                                tooltip="How the noise levels are spaced (the host's schedulers)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Seed of the per-step noise (different seeds give slightly different edits). Keep 'control after generate' on fixed so the inversion is computed once and reused."),
+                             tooltip="Seed of the per-step noise (different seeds give slightly different edits). "
+                                     "'control after generate' starts at fixed, so the photo is inverted once and "
+                                     "every edit reuses it; randomize re-inverts on every run."),
                 io.Conditioning.Input("source", optional=True,
                                       tooltip="Optional: a prompt describing the photo. Guides the inversion "
                                               "towards it; leave empty for the plain unconditional inversion."),

@@ -2,11 +2,13 @@
 // concepts and, while it runs, one live preview per concept (its current mask in its colour over the
 // latent preview). The previews come from nodes/live_preview.py ("ledits.start", "ledits.step"); they
 // stay after the run and are cleared when the next run starts.
+// A LEDITS Inversion node added by hand starts with its seed fixed ("invert once, edit many").
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const SAMPLER = "LeditsSampler";
 const CONCEPT = "LeditsConceptEdit";
+const INVERSION = "LeditsInversion";
 const WIDGET = "ledits_live";
 
 // The same colours, in the same order, as CONCEPT_COLOURS in nodes/objects.py (a test checks).
@@ -21,6 +23,16 @@ const GAP = 6;
 const LINE = 16;
 const MAX_THUMB = 128;
 const MODE_ALWAYS = 0;
+
+/** A fresh LEDITS Inversion keeps its seed: the frontend starts any seed control at "randomize", which
+ * would re-invert the photo on every run. Saved workflows are not affected: configure() runs after
+ * this and restores the saved mode. */
+function fixSeedControl(node) {
+  const seed = node.widgets?.find((w) => w.name === "seed");
+  const control = seed?.linkedWidgets?.find((w) => w.name === "control_after_generate")
+    ?? node.widgets?.find((w) => w.name === "control_after_generate");
+  if (control) control.value = "fixed";
+}
 
 const fontSize = () => Math.min(12, globalThis.LiteGraph?.NODE_SUBTEXT_SIZE ?? 12);
 const rgb = (c) => `rgb(${c[0]},${c[1]},${c[2]})`;
@@ -216,6 +228,15 @@ app.registerExtension({
     api.addEventListener("ledits.step", onStep);
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData.name === INVERSION) {
+      const onInversionCreated = nodeType.prototype.onNodeCreated;
+      nodeType.prototype.onNodeCreated = function () {
+        const result = onInversionCreated?.apply(this, arguments);
+        fixSeedControl(this);
+        return result;
+      };
+      return;
+    }
     if (nodeData.name !== SAMPLER) return;
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     /** "+sunglasses 6.0 · −beard 4.0": the concepts chained into this sampler, in order. */
