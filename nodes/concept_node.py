@@ -78,7 +78,8 @@ class LeditsConceptEdit(io.ComfyNode):
                                          tooltip="Optional: concepts from earlier Concept Edit nodes; this one is "
                                                  "appended after them."),
             ],
-            outputs=[LeditsConceptsType.Output(display_name="concepts")],
+            outputs=[LeditsConceptsType.Output(display_name="concepts", tooltip="This concept after the previous ones: "
+                                               "connect it to a LEDITS Sampler, or to the next Concept Edit.")],
         )
 
     @classmethod

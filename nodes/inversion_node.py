@@ -74,7 +74,8 @@ class LeditsInversionNode(io.ComfyNode):
                                tooltip="Guidance scale towards the source prompt (used only when 'source' is "
                                        "connected)."),
             ],
-            outputs=[LeditsInversionType.Output(display_name="inversion")],
+            outputs=[LeditsInversionType.Output(display_name="inversion",
+                                                tooltip="The inverted photo: connect it to LEDITS Sampler or LEDITS Guider.")],
         )
 
     @classmethod

@@ -76,7 +76,8 @@ class LeditsMaskPreview(io.ComfyNode):
                 io.Image.Input("image", optional=True,
                                tooltip="Optional: the photo (or the edited image) to draw the masks over."),
             ],
-            outputs=[io.Image.Output(display_name="preview"), io.Mask.Output(display_name="mask")],
+            outputs=[io.Image.Output(display_name="preview", tooltip="One panel per concept, side by side."),
+                     io.Mask.Output(display_name="mask", tooltip="Each concept's mask at image size (concepts x images).")],
             is_output_node=True,
         )
 

@@ -30,6 +30,8 @@ NODE_OUTPUTS = {
     "CLIPTextEncode": [("CONDITIONING", "CONDITIONING")],
     "LeditsPromptEdit": [("prompt_edit", "LEDITS_PROMPT_EDIT")],
 }
+# Thumbnail labels only: the workflows carry no node titles, so the UI shows each node's display name in
+# the user's language (locales/).
 TITLES = {"LeditsInversion": "LEDITS Inversion", "LeditsConceptEdit": "LEDITS Concept Edit",
           "LeditsSampler": "LEDITS Sampler", "LeditsMaskPreview": "LEDITS Mask Preview",
           "LeditsPromptEdit": "LEDITS Prompt Edit"}
@@ -48,8 +50,6 @@ class Graph:
                 "outputs": [{"name": n, "type": t, "links": [], "slot_index": i}
                             for i, (n, t) in enumerate(NODE_OUTPUTS[node_type])],
                 "properties": {"Node name for S&R": node_type}, "widgets_values": list(widgets)}
-        if node_type in TITLES:
-            node["title"] = TITLES[node_type]
         self.nodes.append(node)
         for slot, (name, (src, src_slot)) in enumerate(inputs):
             link_id = len(self.links) + 1
@@ -132,7 +132,7 @@ def thumbnail(workflow, path, title):
     for n in nodes.values():
         ours = n["type"].startswith("Ledits")
         draw.rectangle(box(n), fill=(70, 50, 110) if ours else (60, 62, 70), outline=(200, 200, 210))
-        draw.text((box(n)[0] + 3, box(n)[1] + 2), n.get("title", n["type"])[:22], fill=(235, 235, 240))
+        draw.text((box(n)[0] + 3, box(n)[1] + 2), TITLES.get(n["type"], n["type"])[:22], fill=(235, 235, 240))
     draw.text((10, 10), title, fill=(255, 255, 255))
     img.save(path, quality=85)
 

@@ -3,6 +3,7 @@
 // latent preview). The previews come from nodes/live_preview.py ("ledits.start", "ledits.step"); they
 // stay after the run and are cleared when the next run starts.
 // A LEDITS Inversion node added by hand starts with its seed fixed ("invert once, edit many").
+// Our strings are in locales/<lang>/main.json under "ledits" (served by the host at /i18n).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
@@ -23,6 +24,24 @@ const GAP = 6;
 const LINE = 16;
 const MAX_THUMB = 128;
 const MODE_ALWAYS = 0;
+
+// Our own UI strings, English until the host's /i18n answers; then in the frontend's language.
+const STRINGS = { en: { noConcepts: "no concepts: reconstructs the photo" } };
+
+function uiText(key) {
+  const locale = app.extensionManager?.setting?.get?.("Comfy.Locale") ?? "en";
+  return STRINGS[locale]?.[key] ?? STRINGS[locale.split("-")[0]]?.[key] ?? STRINGS.en[key];
+}
+
+async function loadStrings() {
+  try {
+    for (const [locale, messages] of Object.entries(await api.getCustomNodesI18n())) {
+      if (messages?.ledits) STRINGS[locale] = { ...STRINGS[locale], ...messages.ledits };
+    }
+  } catch (error) {
+    console.warn("LEDITS++: could not load translations", error);
+  }
+}
 
 /** A fresh LEDITS Inversion keeps its seed: the frontend starts any seed control at "randomize", which
  * would re-invert the photo on every run. Saved workflows are not affected: configure() runs after
@@ -104,7 +123,7 @@ function drawSummary(ctx, node, width, y) {
   const concepts = chainedConcepts(node);
   if (!concepts.length) {
     ctx.fillStyle = "#888";
-    ctx.fillText(fitText(ctx, "no concepts: reconstructs the photo", right - PAD), PAD, midY);
+    ctx.fillText(fitText(ctx, uiText("noConcepts"), right - PAD), PAD, midY);
     return;
   }
   let x = PAD;
@@ -226,6 +245,7 @@ app.registerExtension({
   async setup() {
     api.addEventListener("ledits.start", onStart);
     api.addEventListener("ledits.step", onStep);
+    await loadStrings();
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name === INVERSION) {
