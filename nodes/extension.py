@@ -8,9 +8,10 @@ from .inversion_node import LeditsInversionNode
 from .preview_node import LeditsMaskPreview
 from .prompt_edit_node import LeditsPromptEditNode
 from .sampler_nodes import LeditsGuiderNode, LeditsSampler
+from .toy_node import LeditsToyModel
 
 NODES = [LeditsInversionNode, LeditsConceptEdit, LeditsPromptEditNode, LeditsSampler, LeditsGuiderNode,
-         LeditsMaskPreview]
+         LeditsMaskPreview, LeditsToyModel]
 
 
 class LeditsExtension(ComfyExtension):

@@ -1,8 +1,14 @@
 """Headless LEDITS++ edit through ComfyUI: invert a photo, apply concept edits, save the result and masks.
 
-    python scripts/ledits_edit.py --out out/                         # demo: random tiny model, bundled photo
+    python scripts/ledits_edit.py --out out/                         # demo: the toy model, a held-out scene
     python scripts/ledits_edit.py --ckpt model.safetensors --image photo.png --edit "+sunglasses" \
         --edit "-beard:4:0.85" --out out/
+    python scripts/ledits_edit.py --random-model sd15 --out out/     # mechanics only: random weights
+
+The demo runs the small model trained in this repository on a toy world (coloured circles and squares,
+128 px; scripts/train_toy.py) on a scene it never saw: one removal and one alteration in one run. It
+writes input, edited, reconstructed, masks, latent_change and a before | after | masks sheet, and prints
+the scene's semantic figures (scripts/toy_eval.py). It is a toy world, not a photo model.
 
 An --edit is [+|-]text[:scale[:threshold]]; '-' removes the concept. The graph runs in-process on the
 host's own executor, exactly as the nodes run in the UI. The host is looked for at $COMFYUI_PATH, else
@@ -15,6 +21,7 @@ import argparse
 import logging
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +33,8 @@ sys.path.insert(0, str(HERE))
 import hostenv  # noqa: E402
 
 SAMPLE = HERE.parent / "assets" / "ledits_sample.png"
-DEMO_EDITS = ["+sunglasses:8:0.8", "-smile:6:0.9"]
+RANDOM_EDITS = ["+sunglasses:8:0.8", "-smile:6:0.9"]
+TOY_SCENE = 120  # toy_world.test_scene(TOY_SCENE), "a red circle and a blue square": held out from training
 log = logging.getLogger("ledits_edit")
 
 
@@ -44,19 +52,23 @@ def parse_edit(spec: str) -> dict:
     return {"text": parts[0].strip(), "scale": scale, "threshold": threshold, "reverse": reverse}
 
 
-def target_size(image: Path, longest: int) -> tuple[int, int]:
-    """(width, height) with the longer side = longest and both multiples of 8, keeping the aspect."""
+def target_size(image: Path, longest: int, multiple: int = 8) -> tuple[int, int]:
+    """(width, height) with the longer side = longest and both multiples of the VAE's downscale, keeping the aspect."""
     w, h = Image.open(image).size
     k = longest / max(w, h)
-    return max(8, int(round(w * k / 8)) * 8), max(8, int(round(h * k / 8)) * 8)
+    m = multiple
+    return max(m, int(round(w * k / m)) * m), max(m, int(round(h * k / m)) * m)
 
 
 def build_prompt(args, image_name: str, size: tuple[int, int], edits: list[dict]) -> dict:
     """The API-format graph: load, scale, encode, invert, chained concepts, sample, decode, mask preview."""
     if args.ckpt:
         loader = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": Path(args.ckpt).name}}
+    elif args.random_model:
+        loader = {"class_type": hostenv.RANDOM_LOADER, "inputs": {"family": args.random_model, "size": "tiny",
+                                                                   "seed": 0}}
     else:
-        loader = {"class_type": hostenv.RANDOM_LOADER, "inputs": {"family": args.family, "size": "tiny", "seed": 0}}
+        loader = {"class_type": "LeditsToyModel", "inputs": {}}
     prompt = {
         "ckpt": loader,
         "load": {"class_type": "LoadImage", "inputs": {"image": image_name}},
@@ -68,6 +80,9 @@ def build_prompt(args, image_name: str, size: tuple[int, int], edits: list[dict]
             "skip": args.skip, "sampler": args.sampler, "scheduler": args.scheduler, "seed": args.seed,
             "source_scale": 3.5}},
     }
+    if args.source:
+        prompt["source"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": args.source}}
+        prompt["invert"]["inputs"]["source"] = ["source", 0]
     previous = None
     for i, edit in enumerate(edits):
         inputs = {"clip": ["ckpt", 1], "text": edit["text"], "scale": edit["scale"], "threshold": edit["threshold"],
@@ -94,28 +109,53 @@ def save(image_tensor, path: Path) -> None:
     Image.fromarray((image_tensor[0].clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)).save(path)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", help="checkpoint file (SD1.x, SD2.x or SDXL); default: a random tiny model (demo)")
-    p.add_argument("--family", default="sd15", choices=["sd15", "sd2v", "sdxl"], help="demo model family")
-    p.add_argument("--image", type=Path, default=SAMPLE, help="photo to edit (default: the bundled sample)")
+    p.add_argument("--ckpt", help="checkpoint file (SD1.x, SD2.x or SDXL); default: the toy model (demo)")
+    p.add_argument("--random-model", choices=["sd15", "sd2v", "sdxl"],
+                   help="instead: a tiny model of this family with random weights (mechanics only)")
+    p.add_argument("--image", type=Path, default=None,
+                   help="photo to edit (default: a held-out toy scene; with --ckpt/--random-model the bundled sample)")
     p.add_argument("--edit", action="append", help="[+|-]text[:scale[:threshold]]; repeat for several")
-    p.add_argument("--size", type=int, default=None, help="longer image side in pixels (default 512; demo 256)")
-    p.add_argument("--steps", type=int, default=None, help="steps (default 50; demo 12)")
+    p.add_argument("--source", default=None, help="optional prompt describing the photo (the demo: the scene's caption)")
+    p.add_argument("--size", type=int, default=None, help="longer image side in pixels (default 512; demos 128/256)")
+    p.add_argument("--steps", type=int, default=None, help="steps (default 50; demos 20/12)")
     p.add_argument("--skip", type=float, default=0.15)
     p.add_argument("--sampler", default="dpmpp_2m_sde", choices=["dpmpp_2m_sde", "ddpm"])
     p.add_argument("--scheduler", default="karras")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="inversion seed (default 0; toy demo 7)")
     p.add_argument("--mask-mode", default="intersect", choices=["intersect", "attention", "noise", "none"])
     p.add_argument("--out", type=Path, default=Path("out"))
     args = p.parse_args(argv)
+    if args.ckpt and args.random_model:
+        p.error("--ckpt and --random-model exclude each other")
+    return args
+
+
+def toy_defaults(args):
+    """The toy demo: a held-out scene, its caption as the source, one removal and one alteration."""
+    import toy_eval
+    import toy_world
+
+    scene = toy_world.test_scene(TOY_SCENE)
+    target, other = scene.objects
+    args.steps = args.steps or toy_eval.STEPS
+    args.seed = toy_eval.SEED if args.seed is None else args.seed
+    if args.image is None:
+        args.image = Path(tempfile.mkdtemp(prefix="ledits_toy_")) / "toy_scene.png"
+        scene.pil().save(args.image)
+        args.source = args.source if args.source is not None else scene.caption
+        new = toy_eval.new_colour_for(scene)
+        edits = args.edit or [f"-{target.words}:{toy_eval.REMOVE['scale']:g}:{toy_eval.REMOVE['threshold']:g}",
+                              f"+{new} {other.shape}:{toy_eval.ALTER['scale']:g}:{toy_eval.ALTER['threshold']:g}"]
+        return scene, edits
+    return None, args.edit or [f"-{target.words}"]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    demo = args.ckpt is None
-    args.steps = args.steps or (12 if demo else 50)
-    size = args.size or (256 if demo else 512)
-    edits = [parse_edit(e) for e in (args.edit or DEMO_EDITS)]
-    if not args.image.is_file():
-        raise SystemExit(f"--image {args.image}: no such file")
+    toy = not (args.ckpt or args.random_model)
     if args.ckpt and not Path(args.ckpt).is_file():
         raise SystemExit(f"--ckpt {args.ckpt}: no such file")
     reason = hostenv.host_missing_reason("run this edit")
@@ -123,6 +163,19 @@ def main(argv=None) -> int:
         raise SystemExit(f"{reason}.\nThis job runs the edit inside ComfyUI. Get ComfyUI with:\n"
                          "  git clone https://github.com/comfyanonymous/ComfyUI ~/ComfyUI\n"
                          "  pip install -r ~/ComfyUI/requirements.txt\nthen run this command again.")
+    scene = None
+    if toy:
+        scene, specs = toy_defaults(args)
+        size = args.size or 128
+    else:
+        args.image = args.image or SAMPLE
+        args.steps = args.steps or (50 if args.ckpt else 12)
+        args.seed = args.seed or 0
+        specs = args.edit or RANDOM_EDITS
+        size = args.size or (512 if args.ckpt else 256)
+    edits = [parse_edit(e) for e in specs]
+    if not args.image.is_file():
+        raise SystemExit(f"--image {args.image}: no such file")
     hostenv.import_host()
     hostenv.load_pack()
     import folder_paths
@@ -131,7 +184,8 @@ def main(argv=None) -> int:
         folder_paths.add_model_folder_path("checkpoints", str(Path(args.ckpt).resolve().parent))
     image_name = "ledits_input" + args.image.suffix
     shutil.copy(args.image, Path(folder_paths.get_input_directory()) / image_name)
-    prompt = build_prompt(args, image_name, target_size(args.image, size), edits)
+    multiple = 4 if toy else 8
+    prompt = build_prompt(args, image_name, target_size(args.image, size, multiple), edits)
     results = hostenv.run_prompt(prompt, outputs=["decode", "decode_rec", "preview", "scale", "encode"])
     args.out.mkdir(parents=True, exist_ok=True)
     save(results["scale"][0], args.out / "input.png")
@@ -139,8 +193,36 @@ def main(argv=None) -> int:
     save(results["decode_rec"][0], args.out / "reconstructed.png")
     save(results["preview"][0], args.out / "masks.png")
     save(change_map(results), args.out / "latent_change.png")
-    report(results, args, edits, demo)
+    sheet(results, args.out / "sheet.png")
+    report(results, args, edits, toy)
+    if scene is not None and not args.edit:
+        scene_figures(scene)
     return 0
+
+
+def sheet(results, path: Path) -> None:
+    """before | after | masks, side by side (the masks panel scaled to the image height)."""
+    import torch
+
+    before, after, masks = results["scale"][0][:1], results["decode"][0][:1], results["preview"][0][:1]
+    h = before.shape[1]
+    if masks.shape[1] != h:
+        w = round(masks.shape[2] * h / masks.shape[1])
+        masks = torch.nn.functional.interpolate(masks.movedim(-1, 1), size=(h, w), mode="bilinear").movedim(1, -1)
+    gap = torch.ones((1, h, max(2, h // 32), 3))
+    save(torch.cat([before, gap, after, gap, masks], dim=2), path)
+
+
+def scene_figures(scene) -> None:
+    """The demo scene's semantic figures (scripts/toy_eval.py): each edit alone, as the semantic tests do."""
+    import toy_eval
+
+    pack = toy_eval.Pack.load()
+    model, clip, vae = hostenv.import_pack_module("nodes.toy_model").load_toy_model()
+    fig = toy_eval.evaluate_scene(pack, model, clip, vae, scene)
+    log.info("semantic figures of this scene (%s), each edit run alone:", scene.caption)
+    for line in toy_eval.describe(fig):
+        log.info("  %s", line)
 
 
 def change_map(results):
@@ -155,7 +237,7 @@ def change_map(results):
     return diff[:, 0, :, :, None].expand(-1, -1, -1, 3)
 
 
-def report(results, args, edits, demo) -> None:
+def report(results, args, edits, toy) -> None:
     """Print where the files are, the reconstruction error, and how local the edit was (in latent space)."""
     import torch.nn.functional as F
 
@@ -171,7 +253,10 @@ def report(results, args, edits, demo) -> None:
         if union.any() and (~union).any():
             log.info("mean latent change from the edits: %.4f inside the masks, %.4f outside",
                      change[union].mean().item(), change[~union].mean().item())
-    if demo:
+    if toy:
+        log.info("note: this ran the toy model trained in this repository on coloured circles and squares "
+                 "(128 px): the edit is real, the world is a toy; pass --ckpt for photos.")
+    elif args.random_model:
         log.info("note: this ran a small model with RANDOM weights (its VAE cannot reproduce a photo either): the "
                  "files show the mechanics (exact inversion, masks, where the latent changed), not editing "
                  "quality. Pass --ckpt for a real edit.")

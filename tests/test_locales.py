@@ -18,7 +18,7 @@ LOCALES = ROOT / "locales"
 DOCS = ROOT / "web" / "docs"
 CJK = re.compile(r"[\u4e00-\u9fff]")
 # Entries the Chinese UI writes like the English one (ComfyUI's own zh locale keeps these as they are).
-SAME_IN_ZH = {"clip", "Latent", "Sigmas"}
+SAME_IN_ZH = {"clip", "CLIP", "VAE", "Latent", "Sigmas"}
 
 
 def load(lang, name):

@@ -1,0 +1,260 @@
+"""Semantic figures of LEDITS++ edits on the toy model (scripts/toy_model.py) and toy world (scripts/toy_world.py).
+
+For a held-out two-object scene, through the pack's own node functions on the real host:
+
+* localisation: the concept as a user types it ("red circle"): the share of its M1 mask (threshold 0.9,
+  mean over the edit's steps) on the object's region dilated by one attention cell, and the ratio of the
+  token-summed attention map's mean over the object to its mean over the other object; the same for the
+  colour word and the shape word alone;
+* removal: "-red circle": the share of the object's colour pixels gone in the decoded image, the share of
+  the other object's colour pixels kept, and the latent change inside the object / outside it;
+* alteration: "+green circle" on a circle of another colour: how much more the new colour's pixels rise
+  inside the object than anywhere else;
+* masks matter: the alteration's latent change outside the object with ``intersect`` / with ``none``;
+* reconstruction: max abs latent error with no concepts.
+
+The host must be imported and the pack loaded (``hostenv.import_host(); hostenv.load_pack()``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import hostenv
+import numpy as np
+import torch
+import torch.nn.functional as F
+import toy_world
+
+STEPS = 20
+SKIP = 0.15
+SEED = 7
+REMOVE = {"scale": 8.0, "threshold": 0.9}
+ALTER = {"scale": 8.0, "threshold": 0.9}
+
+
+@dataclasses.dataclass
+class Pack:
+    inversion: object
+    concept: object
+    sampler: object
+    attention: object
+    masks: object
+
+    @classmethod
+    def load(cls) -> Pack:
+        hostenv.load_pack()
+        get = hostenv.import_pack_module
+        return cls(get("nodes.inversion_node"), get("nodes.concept_node"), get("nodes.sampler_nodes"),
+                   get("ledits_core.attention"), get("ledits_core.masks"))
+
+
+class TokenRecorder:
+    """Per-token cross-attention maps of each concept at each step, next to the pack's token-summed ones:
+    wraps the pack's AttentionAccumulator (add / end_step) while active."""
+
+    def __init__(self, pack: Pack):
+        self.cls = pack.attention.AttentionAccumulator
+        self.steps: list[dict[int, torch.Tensor]] = []  # per step: {concept: (B, tokens, h, w)}
+
+    @contextlib.contextmanager
+    def active(self):
+        add, end_step = self.cls.add, self.cls.end_step
+        recorder = self
+
+        def rec_add(acc, concept, probs):
+            idx = acc.token_indices[concept].to(probs.device)
+            per = probs.index_select(-1, idx).float().transpose(1, 2)  # (B, tokens, Nq)
+            sums = acc.__dict__.setdefault("_per_token", {})
+            counts = acc.__dict__.setdefault("_per_token_n", {})
+            sums[concept] = sums[concept] + per if concept in sums else per
+            counts[concept] = counts.get(concept, 0) + 1
+            return add(acc, concept, probs)
+
+        def rec_end(acc):
+            h, w = acc.target_hw
+            sums, counts = acc.__dict__.pop("_per_token", {}), acc.__dict__.pop("_per_token_n", {})
+            recorder.steps.append({c: (s / counts[c]).view(s.shape[0], s.shape[1], h, w).cpu()
+                                   for c, s in sums.items()})
+            return end_step(acc)
+
+        self.cls.add, self.cls.end_step = rec_add, rec_end
+        try:
+            yield self
+        finally:
+            self.cls.add, self.cls.end_step = add, end_step
+
+    def mean_maps(self, concept: int = 0) -> torch.Tensor:
+        """(tokens, h, w): the step-mean per-token map of a concept (first image)."""
+        maps = [s[concept][0] for s in self.steps if concept in s]
+        return torch.stack(maps).mean(0)
+
+
+@torch.no_grad()
+def encode(vae, scene) -> torch.Tensor:
+    pixels = torch.from_numpy(scene.image).float()[None] / 255.0
+    return vae.encode(pixels)
+
+
+@torch.no_grad()
+def decode(vae, latent) -> np.ndarray:
+    """(H, W, 3) float 0..255 of the first image."""
+    return (vae.decode(latent)[0].clamp(0, 1) * 255.0).cpu().numpy()
+
+
+def invert(pack: Pack, model, clip, latent, caption: str | None):
+    source = clip.encode_from_tokens_scheduled(clip.tokenize(caption)) if caption else None
+    return pack.inversion.invert_latent(model, clip, {"samples": latent}, steps=STEPS, skip=SKIP,
+                                        sampler="dpmpp_2m_sde", scheduler="karras", seed=SEED, source=source)
+
+
+def edit(pack: Pack, model, clip, inversion, text, reverse, mask_mode="intersect", scale=8.0, threshold=0.9):
+    concept = pack.concept.make_concept(clip, text, scale=scale, threshold=threshold, reverse=reverse,
+                                        warmup=0.0, cooldown=1.0)
+    recorder = TokenRecorder(pack)
+    with recorder.active():
+        out, masks = pack.sampler.run_edit(model, inversion, [concept], mask_mode)
+    return out, masks, recorder
+
+
+def cell_region(mask: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """(coverage of each attention cell by the object, its cells dilated by one cell)."""
+    cover = toy_world.downsample_mask(mask, cells)
+    return cover, toy_world.dilate(cover > 0, 1)
+
+
+def upsample(mask: np.ndarray, size: int) -> np.ndarray:
+    k = size // mask.shape[0]
+    return np.kron(mask.astype(np.float32), np.ones((k, k), dtype=np.float32)) > 0.5
+
+
+def localisation(pack: Pack, masks, recorder, target, other) -> dict:
+    """M1 share and attention ratio of concept 0, for its words summed and for each word alone."""
+    per_token = recorder.mean_maps(0)  # (tokens, h, w): BOS excluded by the pack; the words in order
+    cells = per_token.shape[-1]
+    cover_t, region = cell_region(target.mask, cells)
+    cover_o, _ = cell_region(other.mask, cells)
+    out = {}
+    m1 = masks.stack("attention", 0, 0, masks.steps - 1)  # (B, H, W) mean over steps, latent size
+    m1_cells = F.adaptive_avg_pool2d(m1[:1, None], cells)[0, 0].numpy()
+    out["m1_share"] = float((m1_cells * region).sum() / max(m1_cells.sum(), 1e-12))
+    names = {"both": list(range(per_token.shape[0])), "colour": [0], "shape": [per_token.shape[0] - 1]}
+    for key, toks in names.items():
+        amap = per_token[toks].sum(0)
+        ratio = float((amap.numpy() * cover_t).sum() / cover_t.sum()) / max(
+            float((amap.numpy() * cover_o).sum() / cover_o.sum()), 1e-12)
+        out[f"ratio_{key}"] = ratio
+        if key != "both":
+            per_step = [s[0][0][toks].sum(0) for s in recorder.steps if 0 in s]
+            shares = [m1_share(pack, m, region) for m in per_step]
+            out[f"m1_share_{key}"] = float(np.mean(shares))
+    return out
+
+
+def m1_share(pack: Pack, amap: torch.Tensor, region: np.ndarray, threshold: float = 0.9) -> float:
+    """Share of a map's M1 (the pack's smoothing and quantile at ``threshold``) on a region of cells."""
+    m1 = pack.masks.attention_mask(amap[None], threshold, amap.shape[-2:])[0, 0].numpy()
+    return float((m1 * region).sum() / max(m1.sum(), 1e-12))
+
+
+def latent_change_ratio(before, after, target, latent_size) -> tuple[float, float, float]:
+    """Mean |change| inside the object (latent pixels it covers half or more), outside its region dilated
+    by one attention cell (latent/8 px), and their ratio."""
+    change = (after - before).abs().mean(1)[0].numpy()
+    cover = toy_world.downsample_mask(target.mask, latent_size)
+    inside = cover >= 0.5
+    outside = ~upsample(toy_world.dilate(toy_world.downsample_mask(target.mask, 8) > 0, 1), latent_size)
+    a, b = float(change[inside].mean()), float(change[outside].mean())
+    return a, b, a / max(b, 1e-12)
+
+
+def pixel_region(mask: np.ndarray, px: int) -> np.ndarray:
+    return toy_world.dilate(mask, px)
+
+
+def removal(vae, latent_in, out, before_img, target, other) -> dict:
+    after_img = decode(vae, out)
+    t_before = toy_world.colour_pixels(before_img, target.colour).sum()
+    t_after = toy_world.colour_pixels(after_img, target.colour).sum()
+    o_region = pixel_region(other.mask, 4)
+    o_before = (toy_world.colour_pixels(before_img, other.colour) & o_region).sum()
+    o_after = (toy_world.colour_pixels(after_img, other.colour) & o_region).sum()
+    inside, outside, ratio = latent_change_ratio(latent_in, out, target, latent_in.shape[-1])
+    return {"colour_drop": 1.0 - float(t_after) / max(float(t_before), 1.0),
+            "other_kept": float(o_after) / max(float(o_before), 1.0),
+            "latent_in_out": ratio, "image": after_img}
+
+
+def alteration(vae, out, before_img, target, new_colour) -> dict:
+    after_img = decode(vae, out)
+    region = pixel_region(target.mask, 2)
+    b = toy_world.colour_pixels(before_img, new_colour)
+    a = toy_world.colour_pixels(after_img, new_colour)
+    rise_in = float((a & region).sum() - (b & region).sum()) / region.sum()
+    rise_out = float((a & ~region).sum() - (b & ~region).sum()) / (~region).sum()
+    return {"rise_in": rise_in, "rise_out": rise_out,
+            "rise_ratio": rise_in / max(rise_out, 1e-4) if rise_in > 0 else 0.0, "image": after_img}
+
+
+def new_colour_for(scene) -> str:
+    used = {o.colour for o in scene.objects}
+    return next(c for c in toy_world.COLOURS if c not in used)
+
+
+@torch.no_grad()
+def evaluate_scene(pack: Pack, model, clip, vae, scene, target_index: int = 0, source: bool = True,
+                   masks_matter: bool = True) -> dict:
+    """Every figure of one scene (removal and localisation share one run)."""
+    target, other = scene.objects[target_index], scene.objects[1 - target_index]
+    latent = encode(vae, scene)
+    inv = invert(pack, model, clip, latent, scene.caption if source else None)
+    rec, _ = pack.sampler.run_edit(model, inv, None)
+    before_img = decode(vae, latent)
+    out_rm, masks_rm, rec_rm = edit(pack, model, clip, inv, target.words, True, **REMOVE)
+    fig = {"scene": scene.caption, "target": target.words,
+           "reconstruction": float((rec - latent).abs().max())}
+    fig.update(localisation(pack, masks_rm, rec_rm, target, other))
+    rm = removal(vae, latent, out_rm, before_img, target, other)
+    new = new_colour_for(scene)
+    alter_text = f"{new} {target.shape}"
+    out_alt, masks_alt, _ = edit(pack, model, clip, inv, alter_text, False, **ALTER)
+    alt = alteration(vae, out_alt, before_img, target, new)
+    fig.update({k: v for k, v in rm.items() if k != "image"})
+    fig.update({k: v for k, v in alt.items() if k != "image"})
+    fig["alter_text"] = alter_text
+    if masks_matter:
+        out_none, _, _ = edit(pack, model, clip, inv, alter_text, False, mask_mode="none", **ALTER)
+        _, out_i, _ = latent_change_ratio(latent, out_alt, target, latent.shape[-1])
+        _, out_n, _ = latent_change_ratio(latent, out_none, target, latent.shape[-1])
+        fig["outside_intersect_over_none"] = out_i / max(out_n, 1e-12)
+    fig["_images"] = {"input": before_img, "removed": rm["image"], "altered": alt["image"]}
+    fig["_masks"] = {"removal": masks_rm, "alteration": masks_alt}
+    return fig
+
+
+FIGURES = [  # (key, what it is, the semantic tests' target)
+    ("m1_share", "M1 mask on the object, words summed", ">= 0.75"),
+    ("m1_share_colour", "M1 mask on the object, colour word alone", ""),
+    ("m1_share_shape", "M1 mask on the object, shape word alone", ""),
+    ("ratio_both", "attention on the object / on the other object, words summed", ">= 2.5"),
+    ("ratio_colour", "attention ratio, colour word alone", ""),
+    ("ratio_shape", "attention ratio, shape word alone", ""),
+    ("colour_drop", "removal: share of the object's colour pixels gone", ">= 0.5"),
+    ("other_kept", "removal: share of the other object's colour pixels kept", ">= 0.9"),
+    ("latent_in_out", "removal: latent change inside the object / outside", ">= 5"),
+    ("rise_ratio", "alteration: new-colour pixels rise inside / elsewhere", ">= 3"),
+    ("outside_intersect_over_none", "alteration: change outside the object, intersect / none", "<= 0.5"),
+    ("reconstruction", "reconstruction without concepts: max abs latent error", "<= 1e-4"),
+]
+
+
+def describe(fig: dict) -> list[str]:
+    """One line per figure of evaluate_scene()'s result."""
+    lines = [f"removal: -{fig['target']}   alteration: +{fig['alter_text']}"]
+    for key, what, target in FIGURES:
+        if key in fig:
+            value = fig[key]
+            shown = f"{value:.2e}" if key == "reconstruction" else f"{value:.3f}"
+            lines.append(f"{what}: {shown}" + (f"  (tests: median {target})" if target else ""))
+    return lines

@@ -1,0 +1,537 @@
+"""Train the toy SD1.x-family model (scripts/toy_model.py) on the toy world (scripts/toy_world.py).
+
+Stages (each resumable from its checkpoint in --work; re-running a finished stage does nothing):
+
+1. ``vae``: the AutoencoderKL on rendered scenes (L1 + L2 + 1e-6 KL).
+2. ``encode``: encode --scenes training scenes once (posterior means), fold a scale into the VAE so that
+   SD1.5's latent factor 0.18215 gives unit variance, cache latents and captions.
+3. ``unet``: the UNet and the text encoder together on the cached latents (epsilon prediction, SD1.5's
+   VP schedule, flips/rotations of the latents, 10 % empty captions, timesteps half uniform and half in
+   [300, 900)); a localisation probe on held-out scenes every --probe-every steps.
+4. ``export``: fp16 safetensors and a training record (assets/toy/).
+
+    python scripts/train_toy.py --stage all --work out/toy_train      # seeded, deterministic on CPU
+
+Runs on the CPU (or --device cuda). The host is imported through scripts/hostenv.py.
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import hostenv  # noqa: E402
+import toy_world  # noqa: E402
+
+toy_model = None  # nodes/toy_model.py, imported with the host in main()
+WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "toy" / "toy_sd15.safetensors"
+
+SCALE = 0.18215
+PROBE_T = 600
+VAE_CROP = 64
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", default="all", choices=["vae", "encode", "unet", "export", "all"])
+    p.add_argument("--work", type=Path, default=Path("out/toy_train"))
+    p.add_argument("--out", type=Path, default=WEIGHTS)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--vae-steps", type=int, default=800)
+    p.add_argument("--vae-batch", type=int, default=8)
+    p.add_argument("--scenes", type=int, default=4000)
+    p.add_argument("--unet-steps", type=int, default=4000)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--probe-every", type=int, default=250)
+    p.add_argument("--ckpt-every", type=int, default=100)
+    p.add_argument("--stop-after-min", type=float, default=0, help="checkpoint and exit after this many minutes")
+    return p.parse_args(argv)
+
+
+def log(work: Path, record: dict) -> None:
+    record = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), **record}
+    with open(work / "log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(json.dumps(record), flush=True)
+
+
+def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
+    x = torch.from_numpy(np.stack(images)).float().permute(0, 3, 1, 2)
+    return x / 127.5 - 1.0
+
+
+def save_ckpt(path: Path, **state) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------- weights
+@torch.no_grad()
+def init_weights_(module: torch.nn.Module, seed: int) -> None:
+    """Fresh weights for training (the host's ops leave them uninitialised): PyTorch's default scheme
+    (uniform, bound 1/sqrt(fan_in)), embeddings N(0, 0.02), norms 1/0, from a seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    for sub in module.modules():
+        for name, p in sub.named_parameters(recurse=False):
+            if isinstance(sub, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+                p.fill_(1.0 if name == "weight" else 0.0)
+            elif isinstance(sub, torch.nn.Embedding):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+            elif p.ndim >= 2:
+                bound = 1.0 / math.sqrt(p[0].numel())
+                p.copy_((torch.rand(p.shape, generator=g) * 2 - 1) * bound)
+            elif name == "bias":
+                p.zero_()
+            elif not torch.isfinite(p).all():
+                raise RuntimeError(f"no init rule for {type(sub).__name__}.{name}")
+
+
+def new_unet(seed):
+    unet = toy_model.build_unet()
+    if seed is not None:
+        init_weights_(unet.model.diffusion_model, seed)
+    return unet
+
+
+def new_clip(seed):
+    clip = toy_model.build_clip()
+    if seed is not None:
+        init_weights_(clip.cond_stage_model, seed + 1)
+    return clip
+
+
+def new_vae_module(seed=None):
+    """The bare host ``AutoencoderKL`` of the toy model (what ``comfy.sd.VAE`` wraps)."""
+    import comfy.ldm.models.autoencoder
+
+    ae = comfy.ldm.models.autoencoder.AutoencoderKL(**toy_model.VAE_CONFIG["params"])
+    if seed is not None:
+        init_weights_(ae, seed + 2)
+    return ae
+
+
+def file_state(unet, clip, vae_module, token_ids: list[int]) -> dict[str, torch.Tensor]:
+    """One flat state dict for the file: ``unet.*``, ``te.*`` (token table reduced to the used rows), ``vae.*``."""
+    out = {f"unet.{k}": v for k, v in unet.model.diffusion_model.state_dict().items()}
+    te = clip.cond_stage_model.state_dict()
+    table_key = next(k for k in te if k.endswith("token_embedding.weight"))
+    ids = torch.tensor(sorted(set(token_ids)), dtype=torch.int32)
+    for k, v in te.items():
+        if k != table_key:
+            out[f"te.{k}"] = v
+    out[toy_model.TOKEN_ROWS_KEY] = te[table_key][ids.long()]
+    out[toy_model.TOKEN_IDS_KEY] = ids
+    out.update({f"vae.{k}": v for k, v in vae_module.state_dict().items()})
+    return out
+
+
+def save_fp16(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    save_file(half, str(path), metadata=metadata)
+
+
+# ---------------------------------------------------------------------------------------------- VAE
+def vae_posterior(ae, x):
+    moments = ae.quant_conv(ae.encoder(x))
+    mean, logvar = moments.chunk(2, dim=1)
+    return mean, logvar.clamp(-30.0, 20.0)
+
+
+def train_vae(args, work: Path) -> None:
+    path = work / "vae.pt"
+    ae = new_vae_module(seed=args.seed).to(args.device)
+    opt = torch.optim.Adam(ae.parameters(), lr=5e-4)
+    step, minutes = 0, 0.0
+    if path.exists():
+        ck = torch.load(path, weights_only=False)
+        ae.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        step, minutes = ck["step"], ck["minutes"]
+    if step >= args.vae_steps:
+        return
+    from tqdm import tqdm
+
+    t0, bar = time.time(), tqdm(total=args.vae_steps, initial=step, desc="vae", mininterval=5)
+    ae.train()
+    while step < args.vae_steps:
+        rng = np.random.default_rng([args.seed, 1, step])
+        idx = rng.integers(0, 10**7, size=args.vae_batch)
+        crops = []
+        for i in idx:  # random 64 px crops: the autoencoder is convolutional, 4x cheaper than whole scenes
+            y0, x0 = (int(v) for v in rng.integers(0, toy_world.SIZE - VAE_CROP + 1, size=2))
+            crops.append(toy_world.scene(int(i), "train").image[y0:y0 + VAE_CROP, x0:x0 + VAE_CROP])
+        x = to_tensor(crops).to(args.device)
+        torch.manual_seed(args.seed * 100003 + step)
+        mean, logvar = vae_posterior(ae, x)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+        rec = ae.decoder(ae.post_quant_conv(z))
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3)).mean()
+        l1, l2 = (rec - x).abs().mean(), (rec - x).pow(2).mean()
+        loss = l1 + l2 + 1e-6 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        bar.update(1)
+        elapsed = minutes + (time.time() - t0) / 60
+        if step % 25 == 0 or step == args.vae_steps:
+            log(work, {"stage": "vae", "step": step, "l1": l1.item(), "l2": l2.item(), "kl": kl.item(),
+                       "minutes": round(elapsed, 2)})
+        if step % args.ckpt_every == 0 or step == args.vae_steps or stop_now(args, t0):
+            save_ckpt(path, model=ae.state_dict(), opt=opt.state_dict(), step=step, minutes=elapsed)
+            if stop_now(args, t0):
+                sys.exit(3)
+    bar.close()
+
+
+def stop_now(args, t0) -> bool:
+    return args.stop_after_min > 0 and (time.time() - t0) / 60 >= args.stop_after_min
+
+
+# ---------------------------------------------------------------------------------------------- encode
+@torch.no_grad()
+def encode(args, work: Path) -> None:
+    path = work / "latents.pt"
+    if path.exists():
+        return
+    ck = torch.load(work / "vae.pt", weights_only=False)
+    ae = new_vae_module().to(args.device)
+    ae.load_state_dict(ck["model"])
+    ae.eval()
+    from tqdm import tqdm
+
+    scenes, latents = [], []
+    for start in tqdm(range(0, args.scenes, 64), desc="encode", mininterval=5):
+        batch = [toy_world.scene(i, "train") for i in range(start, min(start + 64, args.scenes))]
+        mean, _ = vae_posterior(ae, to_tensor([s.image for s in batch]).to(args.device))
+        latents.append(mean.cpu())
+        scenes.extend(batch)
+    latents = torch.cat(latents)
+    # Fold a scale k into the VAE: z' = k z (quant_conv mean rows x k, logvar rows + 2 log k),
+    # post_quant_conv weights / k. Then SD1.5's 0.18215 x z' has unit standard deviation.
+    k = (1.0 / SCALE) / float(latents.std())
+    sd = dict(ae.state_dict())
+    zc = toy_model.VAE_CONFIG["params"]["embed_dim"]
+    w, b = sd["quant_conv.weight"].clone(), sd["quant_conv.bias"].clone()
+    w[:zc] *= k
+    b[:zc] *= k
+    b[zc:] += 2 * math.log(k)
+    sd["quant_conv.weight"], sd["quant_conv.bias"] = w, b
+    sd["post_quant_conv.weight"] = sd["post_quant_conv.weight"] / k
+    latents = latents * k
+    captions = [s.caption for s in scenes]
+    torch.save({"latents": latents.half(), "scenes": list(range(args.scenes)), "vae": sd, "k": k,
+                "objects": [[(o.colour, o.shape) for o in s.objects] for s in scenes],
+                "captions": captions}, path)
+    log(work, {"stage": "encode", "scenes": args.scenes, "k": k, "latent_std_scaled": float(latents.std() * SCALE)})
+
+
+# ---------------------------------------------------------------------------------------------- UNet
+_TOKENS: dict[str, list[int]] = {}
+
+
+def token_lists(clip, texts: list[str]) -> list[list[int]]:
+    """The host tokenizer's ids (77, padded) of each text (cached: the toy captions are few)."""
+    out = []
+    for t in texts:
+        if t not in _TOKENS:
+            toks = clip.tokenize(t)["l"]
+            if len(toks) != 1:
+                raise ValueError(f"caption too long: {t!r}")
+            _TOKENS[t] = [int(tok) for tok, _w in toks[0]]
+        out.append(_TOKENS[t])
+    return out
+
+
+def text_forward(te, tokens: list[list[int]]) -> torch.Tensor:
+    """The host CLIP text encoder's forward (layer "last", final layer norm), written out of place so that
+    it can be trained (the host's CLIPLayer adds its residuals in place, fine for inference only)."""
+    from comfy.ldm.modules.attention import optimized_attention_for_device
+
+    tm = te.transformer.text_model
+    ids = torch.tensor(tokens, dtype=torch.long, device=next(te.parameters()).device)
+    x = tm.embeddings(ids, dtype=torch.float32)
+    n = x.shape[1]
+    mask = torch.full((n, n), -torch.finfo(x.dtype).max, dtype=x.dtype, device=x.device).triu_(1)
+    attention = optimized_attention_for_device(x.device, mask=True, small_input=True)
+    for layer in tm.encoder.layers:
+        x = x + layer.self_attn(layer.layer_norm1(x), mask, attention)
+        x = x + layer.mlp(layer.layer_norm2(x))
+    return tm.final_layer_norm(x)
+
+
+def caption_pool(rng, objects):
+    """A training caption for a scene given its objects [(colour, shape), ...] (see toy_world.caption_variant)."""
+    u = rng.random()
+    if u < 0.10:
+        return ""
+    words = [f"{c} {s}" for c, s in objects]
+    if u < 0.30:
+        w = words[int(rng.integers(len(words)))]
+        return w if rng.random() < 0.5 else f"a {w}"
+    order = rng.permutation(len(words))
+    return " and ".join(f"a {words[i]}" for i in order)
+
+
+def augment(x: torch.Tensor, rng) -> torch.Tensor:
+    """Random flips and 90-degree rotations of a latent batch (the shapes are symmetric)."""
+    out = []
+    for i in range(x.shape[0]):
+        xi = x[i]
+        if rng.random() < 0.5:
+            xi = xi.flip(-1)
+        xi = torch.rot90(xi, int(rng.integers(4)), dims=(-2, -1))
+        out.append(xi)
+    return torch.stack(out)
+
+
+def sample_timesteps(rng, n: int) -> torch.Tensor:
+    uni = rng.integers(0, 1000, size=n)
+    mid = rng.integers(300, 900, size=n)
+    pick = rng.random(n) < 0.5
+    return torch.from_numpy(np.where(pick, mid, uni)).long()
+
+
+def alphas_cumprod(unet) -> torch.Tensor:
+    sigmas = unet.model.model_sampling.sigmas.float()  # VP: sigma^2 = (1 - a) / a
+    return 1.0 / (1.0 + sigmas**2)
+
+
+def train_unet(args, work: Path) -> None:
+    path = work / "unet.pt"
+    data = torch.load(work / "latents.pt", weights_only=False)
+    latents = data["latents"].float() * SCALE
+    unet = new_unet(args.seed)
+    clip = new_clip(args.seed)
+    dm = unet.model.diffusion_model.to(args.device)
+    te = clip.cond_stage_model.clip_l
+    te.to(args.device)
+    for p in te.parameters():
+        p.requires_grad_(True)
+    params = list(dm.parameters()) + list(te.parameters())
+    opt = torch.optim.Adam(params, lr=args.lr)
+    step, minutes = 0, 0.0
+    if path.exists():
+        ck = torch.load(path, weights_only=False)
+        dm.load_state_dict(ck["unet"])
+        te.load_state_dict(ck["te"])
+        opt.load_state_dict(ck["opt"])
+        step, minutes = ck["step"], ck["minutes"]
+    if step >= args.unet_steps:
+        return
+    with torch.no_grad():  # the training forward is the host's forward
+        toks = token_lists(clip, ["a red circle and a blue square", ""])
+        diff = (text_forward(te, toks) - te(toks)[0]).abs().max().item()
+        if diff > 1e-4:
+            raise RuntimeError(f"text_forward differs from the host's CLIP forward by {diff}")
+    acp = alphas_cumprod(unet).to(args.device)
+    probe = Probe(clip, unet, args.device)
+    from tqdm import tqdm
+
+    t0, bar = time.time(), tqdm(total=args.unet_steps, initial=step, desc="unet", mininterval=5)
+    while step < args.unet_steps:
+        dm.train()
+        te.train()
+        rng = np.random.default_rng([args.seed, 2, step])
+        idx = rng.integers(0, latents.shape[0], size=args.batch)
+        x0 = augment(latents[idx], rng).to(args.device)
+        captions = [caption_pool(rng, data["objects"][i]) for i in idx]
+        t = sample_timesteps(rng, args.batch).to(args.device)
+        g = torch.Generator().manual_seed(args.seed * 1000003 + step)
+        noise = torch.randn(x0.shape, generator=g).to(args.device)
+        a = acp[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        # warm up the learning rate over 200 steps, then cosine to 10 %
+        frac = step / max(1, args.unet_steps)
+        lr = args.lr * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        ctx = text_forward(te, token_lists(clip, captions))
+        eps = dm(xt, timesteps=t.float(), context=ctx)
+        loss = (eps - noise).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        elapsed = minutes + (time.time() - t0) / 60
+        if step % 25 == 0:
+            log(work, {"stage": "unet", "step": step, "loss": loss.item(), "lr": lr, "minutes": round(elapsed, 2)})
+        if step % args.probe_every == 0 or step == args.unet_steps:
+            log(work, {"stage": "probe", "step": step, **probe.run()})
+        if step % args.ckpt_every == 0 or step == args.unet_steps or stop_now(args, t0):
+            save_ckpt(path, unet=dm.state_dict(), te=te.state_dict(), opt=opt.state_dict(), step=step,
+                      minutes=elapsed)
+            if stop_now(args, t0):
+                sys.exit(3)
+    bar.close()
+
+
+class Probe:
+    """Localisation on held-out scenes at t = 600: each object's words ("red circle") as their own prompt,
+    cross-attention at the 1/4-resolution blocks (input 7, 8 / output 3, 4, 5), heads and layers averaged.
+    M1 share: of the top 10 % cells of the token-summed map, the share on the object (dilated one cell);
+    ratio: the map's mean over the object / over the other object. Medians over scenes and objects."""
+
+    BLOCKS = [("input_blocks", 7), ("input_blocks", 8), ("output_blocks", 3), ("output_blocks", 4),
+              ("output_blocks", 5)]
+
+    def __init__(self, clip, unet, device, n_scenes=12):
+        self.clip, self.unet, self.device = clip, unet, device
+        self.scenes = [toy_world.test_scene(i) for i in range(1000, 1000 + n_scenes)]
+        self.maps = []
+
+    @torch.no_grad()
+    def run(self, vae_sd=None, work=None) -> dict:
+        dm = self.unet.model.diffusion_model
+        dm.eval()
+        te = self.clip.cond_stage_model.clip_l
+        te.eval()
+        hooks = []
+        for name, i in self.BLOCKS:
+            attn = getattr(dm, name)[i][1].transformer_blocks[0].attn2
+            hooks.append(attn.register_forward_hook(self._hook, with_kwargs=True))
+        try:
+            figures = self._measure(dm, te)
+        finally:
+            for h in hooks:
+                h.remove()
+        return figures
+
+    def _hook(self, module, args, kwargs, output):
+        x = args[0]
+        ctx = kwargs["context"]
+        h = module.heads
+        q, k = module.to_q(x), module.to_k(ctx)
+        b, n, d = q.shape
+        q = q.view(b, n, h, d // h).transpose(1, 2)
+        k = k.view(b, -1, h, d // h).transpose(1, 2)
+        probs = (q @ k.transpose(-1, -2) / math.sqrt(d // h)).softmax(-1).mean(1)  # (b, n, tokens)
+        self.maps.append(probs)
+
+    def _measure(self, dm, te):
+        from toy_world import dilate, downsample_mask
+
+        acp = alphas_cumprod(self.unet)
+        a = acp[PROBE_T]
+        results = {"both": [], "colour": [], "shape": []}
+        ratios = {"both": [], "colour": [], "shape": []}
+        for si, sc in enumerate(self.scenes):
+            x0 = self.latent_of(sc)
+            g = torch.Generator().manual_seed(si)
+            xt = a.sqrt() * x0 + (1 - a).sqrt() * torch.randn(x0.shape, generator=g)
+            for oi, obj in enumerate(sc.objects):
+                other = sc.objects[1 - oi]
+                ctx = te(token_lists(self.clip, [obj.words]))[0]
+                self.maps = []
+                dm(xt.to(self.device), timesteps=torch.tensor([float(PROBE_T)], device=self.device), context=ctx)
+                m = torch.stack(self.maps).mean(0)[0]  # (64, tokens)
+                cells = int(math.isqrt(m.shape[0]))
+                region = dilate(downsample_mask(obj.mask, cells) > 0, 1)
+                inside = torch.from_numpy(downsample_mask(obj.mask, cells)).float().flatten()
+                other_cov = torch.from_numpy(downsample_mask(other.mask, cells)).float().flatten()
+                for key, toks in (("both", [1, 2]), ("colour", [1]), ("shape", [2])):
+                    amap = m[:, toks].sum(-1)
+                    thr = torch.quantile(amap, 0.9)
+                    top = (amap >= thr).numpy()
+                    share = float((top & region.flatten()).sum() / max(1, top.sum()))
+                    mean_in = float((amap * inside).sum() / inside.sum())
+                    mean_other = float((amap * other_cov).sum() / other_cov.sum())
+                    results[key].append(share)
+                    ratios[key].append(mean_in / max(mean_other, 1e-12))
+        out = {}
+        for key in results:
+            out[f"m1_{key}"] = round(float(np.median(results[key])), 3)
+            out[f"ratio_{key}"] = round(float(np.median(ratios[key])), 3)
+        return out
+
+    def latent_of(self, sc):
+        return self._encoder(to_tensor([sc.image]))
+
+    _encoder = None
+
+
+# ---------------------------------------------------------------------------------------------- export
+def export(args, work: Path) -> None:
+    data = torch.load(work / "latents.pt", weights_only=False)
+    ck = torch.load(work / "unet.pt", weights_only=False)
+    unet = toy_model.build_unet()
+    clip = toy_model.build_clip()
+    unet.model.diffusion_model.load_state_dict(ck["unet"])
+    clip.cond_stage_model.clip_l.load_state_dict(ck["te"])
+    ae = new_vae_module()
+    ae.load_state_dict(data["vae"])
+    words = sorted({w for c in data["captions"] for w in c.split()} | {"a", "and"})
+    ids = [t for lst in token_lists(clip, [" ".join(words), ""]) for t in lst]
+    state = file_state(unet, clip, ae, ids)
+    vae_ck = torch.load(work / "vae.pt", weights_only=False)
+    losses = [json.loads(line) for line in open(work / "log.jsonl")]
+    last = {s: next((r for r in reversed(losses) if r["stage"] == s), None) for s in ("vae", "unet", "probe")}
+    record = {
+        "command": "python scripts/train_toy.py " + " ".join(sys.argv[1:]),
+        "seed": args.seed, "vae_steps": vae_ck["step"], "vae_minutes": round(vae_ck["minutes"], 1),
+        "unet_steps": ck["step"], "unet_minutes": round(ck["minutes"], 1), "scenes": len(data["captions"]),
+        "batch": args.batch, "machine": f"{platform.machine()} {platform.processor() or ''} "
+                                        f"{os.cpu_count()} cores, torch {torch.__version__}, {args.device}",
+        "final": last, "latent_scale_k": data["k"],
+    }
+    meta = {"format": "ledits-toy-sd15", "record": json.dumps(record)}
+    save_fp16(args.out, state, meta)
+    (args.out.parent / "TRAINING.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    hostenv.import_host()
+    global toy_model
+    toy_model = hostenv.import_pack_module("nodes.toy_model")
+    torch.set_grad_enabled(True)
+    stages = ["vae", "encode", "unet", "export"] if args.stage == "all" else [args.stage]
+    for stage in stages:
+        if stage == "vae":
+            train_vae(args, args.work)
+        elif stage == "encode":
+            encode(args, args.work)
+        elif stage == "unet":
+            setup_probe_encoder(args.work, args.device)
+            train_unet(args, args.work)
+        else:
+            export(args, args.work)
+    return 0
+
+
+def setup_probe_encoder(work: Path, device) -> None:
+    data = torch.load(work / "latents.pt", weights_only=False)
+    ae = new_vae_module().to(device)
+    ae.load_state_dict(data["vae"])
+    ae.eval()
+
+    @torch.no_grad()
+    def encoder(x):
+        return vae_posterior(ae, x.to(device))[0].cpu() * SCALE
+
+    Probe._encoder = staticmethod(encoder)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
