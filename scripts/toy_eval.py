@@ -42,12 +42,14 @@ class Pack:
     attention: object
     masks: object
 
+    prompt: object
+
     @classmethod
     def load(cls) -> Pack:
         hostenv.load_pack()
         get = hostenv.import_pack_module
         return cls(get("nodes.inversion_node"), get("nodes.concept_node"), get("nodes.sampler_nodes"),
-                   get("ledits_core.attention"), get("ledits_core.masks"))
+                   get("ledits_core.attention"), get("ledits_core.masks"), get("nodes.prompt_edit_node"))
 
 
 class TokenRecorder:
@@ -258,3 +260,34 @@ def describe(fig: dict) -> list[str]:
             shown = f"{value:.2e}" if key == "reconstruction" else f"{value:.3f}"
             lines.append(f"{what}: {shown}" + (f"  (tests: median {target})" if target else ""))
     return lines
+
+
+SWAP = {"scale": 7.5, "cross_replace": 0.8, "self_replace": 0.4}
+
+
+@torch.no_grad()
+def swap_scene(pack: Pack, model, clip, vae, scene, target_index: int = 0) -> dict:
+    """Prompt-to-Prompt word swap: the caption with the target's colour word replaced by the colour no object
+    has ("a red circle and a blue square" -> "a green circle and a blue square"). New-colour pixels rise inside
+    the target / elsewhere; the other object's colour pixels kept."""
+    target, other = scene.objects[target_index], scene.objects[1 - target_index]
+    new = new_colour_for(scene)
+    words = [f"a {o.words}" for o in scene.objects]
+    words[target_index] = f"a {new} {target.shape}"
+    new_caption = " and ".join(words)
+    latent = encode(vae, scene)
+    source = clip.encode_from_tokens_scheduled(clip.tokenize(scene.caption))
+    inv = pack.inversion.invert_latent(model, clip, {"samples": latent}, steps=STEPS, skip=SKIP,
+                                       sampler="dpmpp_2m_sde", scheduler="karras", seed=SEED, source=source,
+                                       source_scale=SWAP["scale"])
+    edit_ = pack.prompt.make_prompt_edit(clip, scene.caption, new_caption, **SWAP)
+    out, _ = pack.sampler.run_edit(model, inv, None, "intersect", edit_)
+    before_img = decode(vae, latent)
+    alt = alteration(vae, out, before_img, target, new)
+    after_img = alt.pop("image")
+    o_region = pixel_region(other.mask, 4)
+    o_before = (toy_world.colour_pixels(before_img, other.colour) & o_region).sum()
+    o_after = (toy_world.colour_pixels(after_img, other.colour) & o_region).sum()
+    return {"scene": scene.caption, "target_caption": new_caption, "swap_rise_ratio": alt["rise_ratio"],
+            "swap_rise_in": alt["rise_in"], "swap_other_kept": float(o_after) / max(float(o_before), 1.0),
+            "_image": after_img}

@@ -55,6 +55,7 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--probe-every", type=int, default=250)
     p.add_argument("--ckpt-every", type=int, default=100)
+    p.add_argument("--command", default="", help="export: the training command, for a log without start records")
     p.add_argument("--stop-after-min", type=float, default=0, help="checkpoint and exit after this many minutes")
     return p.parse_args(argv)
 
@@ -483,13 +484,15 @@ def export(args, work: Path) -> None:
     vae_ck = torch.load(work / "vae.pt", weights_only=False)
     losses = [json.loads(line) for line in open(work / "log.jsonl")]
     last = {s: next((r for r in reversed(losses) if r["stage"] == s), None) for s in ("vae", "unet", "probe")}
+    commands = [r["command"] for r in losses if r["stage"] == "start" and "--stage export" not in r["command"]]
     record = {
-        "command": "python scripts/train_toy.py " + " ".join(sys.argv[1:]),
+        "commands": commands or [args.command],
         "seed": args.seed, "vae_steps": vae_ck["step"], "vae_minutes": round(vae_ck["minutes"], 1),
         "unet_steps": ck["step"], "unet_minutes": round(ck["minutes"], 1), "scenes": len(data["captions"]),
         "batch": args.batch, "machine": f"{platform.machine()} {platform.processor() or ''} "
                                         f"{os.cpu_count()} cores, torch {torch.__version__}, {args.device}",
         "final": last, "latent_scale_k": data["k"],
+        "probes": [{k: v for k, v in r.items() if k not in ("stage", "time")} for r in losses if r["stage"] == "probe"],
     }
     meta = {"format": "ledits-toy-sd15", "record": json.dumps(record)}
     save_fp16(args.out, state, meta)
@@ -502,6 +505,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
+    log(args.work, {"stage": "start", "command": " ".join(["python", "scripts/train_toy.py", *sys.argv[1:]]),
+                    "threads": torch.get_num_threads()})
     hostenv.import_host()
     global toy_model
     toy_model = hostenv.import_pack_module("nodes.toy_model")
