@@ -26,7 +26,7 @@ const MAX_THUMB = 128;
 const MODE_ALWAYS = 0;
 
 // Our own UI strings, English until the host's /i18n answers; then in the frontend's language.
-const STRINGS = { en: { noConcepts: "no concepts: reconstructs the photo" } };
+const STRINGS = { en: { noConcepts: "no concepts: reconstructs the photo", promptEdit: "prompt edit" } };
 
 function uiText(key) {
   const locale = app.extensionManager?.setting?.get?.("Comfy.Locale") ?? "en";
@@ -123,7 +123,10 @@ function drawSummary(ctx, node, width, y) {
   const concepts = chainedConcepts(node);
   if (!concepts.length) {
     ctx.fillStyle = "#888";
-    ctx.fillText(fitText(ctx, uiText("noConcepts"), right - PAD), PAD, midY);
+    const promptEdit = node.graph ? inputNode(node, "prompt_edit") : null;
+    const target = promptEdit?.widgets?.find((w) => w.name === "target")?.value;
+    const line = promptEdit ? `${uiText("promptEdit")}${target ? `: ${String(target).trim()}` : ""}` : uiText("noConcepts");
+    ctx.fillText(fitText(ctx, line, right - PAD), PAD, midY);
     return;
   }
   let x = PAD;
