@@ -440,6 +440,7 @@ def set_locale(page, locale):
 def check_help_pages(page, lang):
     """Open each LEDITS node's help from the node library (search, hover, '?'): the frontend fetches our page
     for that language and renders it, pictures included."""
+    back = page.locator(".node-help-content").locator("xpath=..").locator("button:has(.pi-arrow-left)")
     page.locator(".node-library-tab-button").click()
     try:
         for node_id in OUR_NODES:
@@ -469,10 +470,12 @@ def check_help_pages(page, lang):
             assert [i["src"] for i in images] == wanted
             assert all(i["width"] > 0 for i in images), f"{source.name}: pictures that did not load: {images}"
             page.screenshot(path=str(ARTIFACTS / f"help_panel_{lang}_{node_id}.png"))
-            page.locator(".node-help-content").locator("xpath=..").locator("button:has(.pi-arrow-left)").click()
+            back.click()
             search.wait_for(timeout=5_000)
-    finally:
-        page.locator(".node-library-tab-button").click()  # close the sidebar again
+    finally:  # back to the node list (a failed check leaves its page open), and close the sidebar
+        if back.count():
+            back.click()
+        page.locator(".node-library-tab-button").click()
         page.wait_for_timeout(300)
 
 
@@ -481,9 +484,9 @@ def check_names_and_tooltips(page, node_id, node_type, lang):
     outputs as the user sees it when resting the mouse on it, against locales/<lang>/nodeDefs.json."""
     defs = LOCALE_DEFS[lang][node_type]
     state = page.evaluate("""(id) => { const n = app.graph.getNodeById(id); return {title: n.title,
-        inputs: n.inputs.map((i) => ({name: i.name, label: i.localized_name, widget: !!i.widget})),
-        outputs: n.outputs.map((o) => o.localized_name),
-        widgets: n.widgets.filter((w) => w.label !== undefined).map((w) => ({name: w.name, label: w.label,
+        inputs: (n.inputs ?? []).map((i) => ({name: i.name, label: i.localized_name, widget: !!i.widget})),
+        outputs: (n.outputs ?? []).map((o) => o.localized_name),
+        widgets: (n.widgets ?? []).filter((w) => w.label !== undefined).map((w) => ({name: w.name, label: w.label,
                                                                              dom: !!w.element}))}; }""", node_id)
     assert state["title"] == defs["display_name"]
     for slot in state["inputs"]:
