@@ -181,6 +181,13 @@ def browser_page(comfy_server):
             browser.close()
 
 
+@pytest.fixture(autouse=True)
+def _console_per_test(request):
+    """Each test answers for its own console errors (the page, and so its Console, is shared)."""
+    if "browser_page" in request.fixturenames:
+        request.getfixturevalue("browser_page")[1].errors.clear()
+
+
 def load_workflow(page, workflow):
     page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
     page.wait_for_timeout(300)
