@@ -53,6 +53,9 @@ def parse_args(argv=None):
     p.add_argument("--unet-steps", type=int, default=4000)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--attn-loss", type=float, default=0.0,
+                   help="weight of an auxiliary loss putting each named word's cross-attention (1/4-resolution "
+                        "blocks) on its object's cells (0: off)")
     p.add_argument("--probe-every", type=int, default=250)
     p.add_argument("--ckpt-every", type=int, default=100)
     p.add_argument("--command", default="", help="export: the training command, for a log without start records")
@@ -277,28 +280,40 @@ def text_forward(te, tokens: list[list[int]]) -> torch.Tensor:
 
 
 def caption_pool(rng, objects):
-    """A training caption for a scene given its objects [(colour, shape), ...] (see toy_world.caption_variant)."""
+    """A training caption for a scene given its objects [(colour, shape), ...]: 10 % empty (for classifier-free
+    guidance), 20 % one object's words as a user types a concept ("red circle" or "a red circle"), else the
+    full caption in a random order."""
+    return caption_with_positions(rng, objects)[0]
+
+
+def caption_with_positions(rng, objects):
+    """(caption, [(object index, [token positions of its colour and shape words])]); every toy word is one
+    CLIP token, position 0 is the start token."""
     u = rng.random()
     if u < 0.10:
-        return ""
+        return "", []
     words = [f"{c} {s}" for c, s in objects]
     if u < 0.30:
-        w = words[int(rng.integers(len(words)))]
-        return w if rng.random() < 0.5 else f"a {w}"
-    order = rng.permutation(len(words))
-    return " and ".join(f"a {words[i]}" for i in order)
-
-
-def augment(x: torch.Tensor, rng) -> torch.Tensor:
-    """Random flips and 90-degree rotations of a latent batch (the shapes are symmetric)."""
-    out = []
-    for i in range(x.shape[0]):
-        xi = x[i]
+        i = int(rng.integers(len(words)))
         if rng.random() < 0.5:
-            xi = xi.flip(-1)
-        xi = torch.rot90(xi, int(rng.integers(4)), dims=(-2, -1))
-        out.append(xi)
-    return torch.stack(out)
+            return words[i], [(i, [1, 2])]
+        return f"a {words[i]}", [(i, [2, 3])]
+    order = rng.permutation(len(words))
+    return " and ".join(f"a {words[i]}" for i in order), [(int(i), [2 + 4 * k, 3 + 4 * k]) for k, i in enumerate(order)]
+
+
+def augment(x: torch.Tensor, rng, *others: torch.Tensor):
+    """Random flips and 90-degree rotations of a latent batch (the shapes are symmetric); the same ones for
+    other batches of maps (e.g. object masks), returned after it when given."""
+    out, rest = [], [[] for _ in others]
+    for i in range(x.shape[0]):
+        flip, k = rng.random() < 0.5, int(rng.integers(4))
+        for src, dst in ((x, out), *zip(others, rest, strict=True)):
+            yi = src[i].flip(-1) if flip else src[i]
+            dst.append(torch.rot90(yi, k, dims=(-2, -1)))
+    if not others:
+        return torch.stack(out)
+    return (torch.stack(out), *(torch.stack(r) for r in rest))
 
 
 def sample_timesteps(rng, n: int) -> torch.Tensor:
@@ -311,6 +326,55 @@ def sample_timesteps(rng, n: int) -> torch.Tensor:
 def alphas_cumprod(unet) -> torch.Tensor:
     sigmas = unet.model.model_sampling.sigmas.float()  # VP: sigma^2 = (1 - a) / a
     return 1.0 / (1.0 + sigmas**2)
+
+
+ATTN_BLOCKS = [("input_blocks", 7), ("input_blocks", 8), ("output_blocks", 3), ("output_blocks", 4),
+               ("output_blocks", 5)]  # the 1/4-resolution transformers (8x8 cells at 128 px)
+
+
+class AttentionTap:
+    """Head-averaged cross-attention probabilities of the 1/4-resolution blocks, kept with their graph
+    (for the optional --attn-loss)."""
+
+    def __init__(self, dm):
+        self.maps, self.hooks = [], []
+        for name, i in ATTN_BLOCKS:
+            attn = getattr(dm, name)[i][1].transformer_blocks[0].attn2
+            self.hooks.append(attn.register_forward_hook(self._hook, with_kwargs=True))
+
+    def _hook(self, module, args, kwargs, output):
+        x, ctx, h = args[0], kwargs["context"], module.heads
+        q, k = module.to_q(x), module.to_k(ctx)
+        b, n, d = q.shape
+        q = q.view(b, n, h, d // h).transpose(1, 2)
+        k = k.view(b, -1, h, d // h).transpose(1, 2)
+        self.maps.append((q @ k.transpose(-1, -2) / math.sqrt(d // h)).softmax(-1).mean(1))  # (b, cells, tokens)
+
+    def take(self) -> torch.Tensor:
+        maps, self.maps = self.maps, []
+        return torch.stack(maps).mean(0)
+
+
+def object_cells(n_scenes: int, cells: int = 8) -> torch.Tensor:
+    """(scenes, 2, cells, cells): each training scene's object coverage of the attention cells."""
+    out = torch.zeros(n_scenes, 2, cells, cells)
+    for i in range(n_scenes):
+        for j, obj in enumerate(toy_world.scene(i, "train").objects):
+            out[i, j] = torch.from_numpy(toy_world.downsample_mask(obj.mask, cells))
+    return out
+
+
+def attention_loss(maps: torch.Tensor, named, cover: torch.Tensor) -> torch.Tensor:
+    """Mean over the named words of -log(share of the word's spatial attention on its object's cells).
+    maps (b, cells, tokens); named[b] = [(object, positions)]; cover (b, 2, c, c)."""
+    terms = []
+    for b, objs in enumerate(named):
+        for obj, positions in objs:
+            inside = (cover[b, obj].flatten() > 0.25).float()
+            p = maps[b][:, positions]  # (cells, words)
+            share = (p * inside[:, None]).sum(0) / p.sum(0).clamp_min(1e-8)
+            terms.append(-torch.log(share + 1e-4))
+    return torch.cat(terms).mean() if terms else maps.sum() * 0.0
 
 
 def train_unet(args, work: Path) -> None:
@@ -342,6 +406,8 @@ def train_unet(args, work: Path) -> None:
             raise RuntimeError(f"text_forward differs from the host's CLIP forward by {diff}")
     acp = alphas_cumprod(unet).to(args.device)
     probe = Probe(clip, unet, args.device)
+    tap = AttentionTap(dm) if args.attn_loss > 0 else None
+    cells = object_cells(latents.shape[0]) if tap else None
     from tqdm import tqdm
 
     t0, bar = time.time(), tqdm(total=args.unet_steps, initial=step, desc="unet", mininterval=5)
@@ -350,8 +416,13 @@ def train_unet(args, work: Path) -> None:
         te.train()
         rng = np.random.default_rng([args.seed, 2, step])
         idx = rng.integers(0, latents.shape[0], size=args.batch)
-        x0 = augment(latents[idx], rng).to(args.device)
-        captions = [caption_pool(rng, data["objects"][i]) for i in idx]
+        if tap:
+            x0, cover = augment(latents[idx], rng, cells[idx])
+            x0 = x0.to(args.device)
+        else:
+            x0 = augment(latents[idx], rng).to(args.device)
+        pairs = [caption_with_positions(rng, data["objects"][i]) for i in idx]
+        captions = [c for c, _ in pairs]
         t = sample_timesteps(rng, args.batch).to(args.device)
         g = torch.Generator().manual_seed(args.seed * 1000003 + step)
         noise = torch.randn(x0.shape, generator=g).to(args.device)
@@ -365,17 +436,29 @@ def train_unet(args, work: Path) -> None:
         ctx = text_forward(te, token_lists(clip, captions))
         eps = dm(xt, timesteps=t.float(), context=ctx)
         loss = (eps - noise).pow(2).mean()
+        total = loss
+        if tap:
+            attn = attention_loss(tap.take(), [n for _, n in pairs], cover)
+            total = loss + args.attn_loss * attn
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
         bar.update(1)
         elapsed = minutes + (time.time() - t0) / 60
         if step % 25 == 0:
-            log(work, {"stage": "unet", "step": step, "loss": loss.item(), "lr": lr, "minutes": round(elapsed, 2)})
+            extra = {"attn_loss": round(attn.item(), 4)} if tap else {}
+            log(work, {"stage": "unet", "step": step, "loss": loss.item(), **extra, "lr": lr,
+                       "minutes": round(elapsed, 2)})
         if step % args.probe_every == 0 or step == args.unet_steps:
+            if tap:
+                tap.maps = []
+                for hk in tap.hooks:
+                    hk.remove()
             log(work, {"stage": "probe", "step": step, **probe.run()})
+            if tap:
+                tap = AttentionTap(dm)
         if step % args.ckpt_every == 0 or step == args.unet_steps or stop_now(args, t0):
             save_ckpt(path, unet=dm.state_dict(), te=te.state_dict(), opt=opt.state_dict(), step=step,
                       minutes=elapsed)
