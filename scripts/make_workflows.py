@@ -1,6 +1,7 @@
 """Writes example_workflows/*.json (ComfyUI UI format) and their .jpg thumbnails, plus the sample photo.
 
-Run from the repo root: python scripts/make_workflows.py. The workflows are data; this script keeps
+Run from the repo root: python scripts/make_workflows.py (add --toy-thumbnail to refresh the toy workflow's
+thumbnail from a real run of it on the host). The workflows are data; this script keeps
 them consistent with each other (same layout, same widget order as the nodes' schemas).
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -29,12 +31,13 @@ NODE_OUTPUTS = {
     "LeditsMaskPreview": [("preview", "IMAGE"), ("mask", "MASK")],
     "CLIPTextEncode": [("CONDITIONING", "CONDITIONING")],
     "LeditsPromptEdit": [("prompt_edit", "LEDITS_PROMPT_EDIT")],
+    "LeditsToyModel": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
 }
 # Thumbnail labels only: the workflows carry no node titles, so the UI shows each node's display name in
 # the user's language (locales/).
 TITLES = {"LeditsInversion": "LEDITS Inversion", "LeditsConceptEdit": "LEDITS Concept Edit",
           "LeditsSampler": "LEDITS Sampler", "LeditsMaskPreview": "LEDITS Mask Preview",
-          "LeditsPromptEdit": "LEDITS Prompt Edit"}
+          "LeditsPromptEdit": "LEDITS Prompt Edit", "LeditsToyModel": "LEDITS Toy Model"}
 
 
 class Graph:
@@ -112,6 +115,76 @@ def prompt_edit_workflow(ckpt, caption, target, blend_words, steps=50, seed=42):
     return g
 
 
+TOY_SCENE_NAME = "ledits_toy_scene.png"
+TOY_SCENE = 120  # scripts/toy_world.test_scene(120): "a red circle and a blue square", never used in training
+TOY = ("LEDITS++: try it without a checkpoint (toy model, coloured shapes)", "a red circle and a blue square",
+       [("red circle", 8.0, 0.9, True), ("green square", 8.0, 0.9, False)])
+
+
+def toy_workflow(caption, concepts, steps=20, seed=7):
+    """The toy model (LEDITS Toy Model node) on a held-out toy scene: its caption as the inversion's source,
+    one removal and one alteration, the masks over the scene."""
+    g = Graph()
+    loader = g.add("LeditsToyModel", (20, 40), [], size=(320, 120))
+    image = g.add("LoadImage", (20, 200), [TOY_SCENE_NAME, "image"], size=(320, 320))
+    latent = g.add("VAEEncode", (380, 560), [], [("pixels", (image, 0)), ("vae", (loader, 2))], size=(200, 50))
+    source = g.add("CLIPTextEncode", (380, 40), [caption], [("clip", (loader, 1))], size=(320, 140))
+    inversion = g.add("LeditsInversion", (380, 220), [steps, 0.15, "dpmpp_2m_sde", "karras", seed, "fixed", 3.5],
+                      [("model", (loader, 0)), ("clip", (loader, 1)), ("latent", (latent, 0)),
+                       ("source", (source, 0))], size=(320, 320))
+    previous = None
+    for i, (text, scale, threshold, reverse) in enumerate(concepts):
+        inputs = [("clip", (loader, 1))] + ([("previous", (previous, 0))] if previous else [])
+        previous = g.add("LeditsConceptEdit", (740, 40 + 340 * i), [text, scale, threshold, reverse, 0.0, 1.0],
+                         inputs, size=(320, 310))
+    sampler = g.add("LeditsSampler", (1100, 40), ["intersect"], [("model", (loader, 0)), ("inversion", (inversion, 0)),
+                                                                ("concepts", (previous, 0))], size=(300, 330))
+    decoded = g.add("VAEDecode", (1100, 420), [], [("samples", (sampler, 0)), ("vae", (loader, 2))], size=(200, 50))
+    g.add("SaveImage", (1460, 40), ["ledits_edit"], [("images", (decoded, 0))], size=(360, 380))
+    g.add("LeditsMaskPreview", (1100, 520), ["final", 0, -1], [("masks", (sampler, 1)), ("image", (image, 0))],
+          size=(300, 340))
+    return g
+
+
+def toy_thumbnail(workflow_path, path):
+    """The toy workflow's thumbnail from a real run (needs the host): scene | edited | mask panels."""
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import hostenv
+    from workflow_api import ui_to_api
+
+    nodes = hostenv.import_host()
+    hostenv.load_pack()
+    import folder_paths
+
+    Image.open(ROOT / "assets" / TOY_SCENE_NAME).save(Path(folder_paths.get_input_directory()) / TOY_SCENE_NAME)
+    prompt = ui_to_api(json.loads(workflow_path.read_text()), nodes.NODE_CLASS_MAPPINGS)
+    out = hostenv.run_prompt(prompt, outputs=None)
+    kind = {i: n["class_type"] for i, n in prompt.items()}
+    pick = {kind[i]: v for i, v in out.items()}
+    load = next(i for i, k in kind.items() if k == "LoadImage")
+    before = out[load][0][:1]
+    after = pick["VAEDecode"][0][:1]
+    masks = pick["LeditsMaskPreview"][0][:1]
+    h = before.shape[1]
+    masks = torch.nn.functional.interpolate(masks.movedim(-1, 1), size=(h, round(masks.shape[2] * h / masks.shape[1])),
+                                            mode="bilinear").movedim(1, -1)
+    gap = torch.ones((1, h, 4, 3))
+    sheet = torch.cat([before, gap, after, gap, masks], dim=2)[0].clamp(0, 1).numpy()
+    img = Image.fromarray((sheet * 255).round().astype(np.uint8))
+    img.resize((img.width * 2, img.height * 2), Image.NEAREST).convert("RGB").save(path, quality=90)
+
+
+def toy_scene(path):
+    """The toy workflow's input: held-out toy scene TOY_SCENE (scripts/toy_world.py)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import toy_world
+
+    toy_world.test_scene(TOY_SCENE).pil().save(path)
+
+
 def thumbnail(workflow, path, title):
     """A small picture of the graph: one box per node, links as lines, the title on top."""
     img = Image.new("RGB", (480, 270), (32, 34, 38))
@@ -180,7 +253,13 @@ def main():
         workflow = prompt_edit_workflow(ckpt, caption, target, blend_words).to_json(title)
         (OUT / f"{name}.json").write_text(json.dumps(workflow, indent=2) + "\n")
         thumbnail(workflow, OUT / f"{name}.jpg", title)
+    title, caption, concepts = TOY
+    toy_path = OUT / "ledits_toy_shapes.json"
+    toy_path.write_text(json.dumps(toy_workflow(caption, concepts).to_json(title), indent=2) + "\n")
     sample_photo(ROOT / "assets" / SAMPLE_NAME)
+    toy_scene(ROOT / "assets" / TOY_SCENE_NAME)
+    if "--toy-thumbnail" in sys.argv:
+        toy_thumbnail(toy_path, OUT / "ledits_toy_shapes.jpg")
 
 
 if __name__ == "__main__":

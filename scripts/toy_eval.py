@@ -30,6 +30,7 @@ import toy_world
 STEPS = 20
 SKIP = 0.15
 SEED = 7
+SOURCE_SCALE = 3.5  # the inversion's source (caption) guidance; a prompt edit's scale must equal it
 REMOVE = {"scale": 8.0, "threshold": 0.9}
 ALTER = {"scale": 8.0, "threshold": 0.9}
 
@@ -108,7 +109,8 @@ def decode(vae, latent) -> np.ndarray:
 def invert(pack: Pack, model, clip, latent, caption: str | None):
     source = clip.encode_from_tokens_scheduled(clip.tokenize(caption)) if caption else None
     return pack.inversion.invert_latent(model, clip, {"samples": latent}, steps=STEPS, skip=SKIP,
-                                        sampler="dpmpp_2m_sde", scheduler="karras", seed=SEED, source=source)
+                                        sampler="dpmpp_2m_sde", scheduler="karras", seed=SEED, source=source,
+                                        source_scale=SOURCE_SCALE)
 
 
 def edit(pack: Pack, model, clip, inversion, text, reverse, mask_mode="intersect", scale=8.0, threshold=0.9):
@@ -205,12 +207,12 @@ def new_colour_for(scene) -> str:
 
 
 @torch.no_grad()
-def evaluate_scene(pack: Pack, model, clip, vae, scene, target_index: int = 0, source: bool = True,
-                   masks_matter: bool = True) -> dict:
+def evaluate_scene(pack: Pack, model, clip, vae, scene, target_index: int = 0, masks_matter: bool = True,
+                   with_swap: bool = True) -> dict:
     """Every figure of one scene (removal and localisation share one run)."""
     target, other = scene.objects[target_index], scene.objects[1 - target_index]
     latent = encode(vae, scene)
-    inv = invert(pack, model, clip, latent, scene.caption if source else None)
+    inv = invert(pack, model, clip, latent, scene.caption)
     rec, _ = pack.sampler.run_edit(model, inv, None)
     before_img = decode(vae, latent)
     out_rm, masks_rm, rec_rm = edit(pack, model, clip, inv, target.words, True, **REMOVE)
@@ -230,6 +232,8 @@ def evaluate_scene(pack: Pack, model, clip, vae, scene, target_index: int = 0, s
         _, out_i, _ = latent_change_ratio(latent, out_alt, target, latent.shape[-1])
         _, out_n, _ = latent_change_ratio(latent, out_none, target, latent.shape[-1])
         fig["outside_intersect_over_none"] = out_i / max(out_n, 1e-12)
+    if with_swap:
+        fig.update(swap(pack, model, clip, vae, scene, inv, latent, before_img, target_index))
     fig["_images"] = {"input": before_img, "removed": rm["image"], "altered": alt["image"]}
     fig["_masks"] = {"removal": masks_rm, "alteration": masks_alt}
     return fig
@@ -248,46 +252,50 @@ FIGURES = [  # (key, what it is, the semantic tests' target)
     ("rise_ratio", "alteration: new-colour pixels rise inside / elsewhere", ">= 3"),
     ("outside_intersect_over_none", "alteration: change outside the object, intersect / none", "<= 0.5"),
     ("reconstruction", "reconstruction without concepts: max abs latent error", "<= 1e-4"),
+    ("swap_rise_ratio", "prompt edit (colour word swapped): new-colour rise inside / elsewhere", ">= 3"),
+    ("swap_other_kept", "prompt edit: share of the other object's colour pixels kept", ">= 0.9"),
+    ("swap_same_caption_error", "prompt edit, target = source: max abs latent error", "<= 1e-4"),
 ]
 
 
 def describe(fig: dict) -> list[str]:
     """One line per figure of evaluate_scene()'s result."""
-    lines = [f"removal: -{fig['target']}   alteration: +{fig['alter_text']}"]
+    lines = [f"removal: -{fig['target']}   alteration: +{fig['alter_text']}"
+             + (f"   prompt edit: {fig['swap_caption']!r}" if "swap_caption" in fig else "")]
     for key, what, target in FIGURES:
         if key in fig:
             value = fig[key]
-            shown = f"{value:.2e}" if key == "reconstruction" else f"{value:.3f}"
+            shown = f"{value:.2e}" if key in ("reconstruction", "swap_same_caption_error") else f"{value:.3f}"
             lines.append(f"{what}: {shown}" + (f"  (tests: median {target})" if target else ""))
     return lines
 
 
-SWAP = {"scale": 7.5, "cross_replace": 0.8, "self_replace": 0.4}
+SWAP = {"cross_replace": 0.8, "self_replace": 0.4}
 
 
-@torch.no_grad()
-def swap_scene(pack: Pack, model, clip, vae, scene, target_index: int = 0) -> dict:
-    """Prompt-to-Prompt word swap: the caption with the target's colour word replaced by the colour no object
-    has ("a red circle and a blue square" -> "a green circle and a blue square"). New-colour pixels rise inside
-    the target / elsewhere; the other object's colour pixels kept."""
-    target, other = scene.objects[target_index], scene.objects[1 - target_index]
+def swap_caption(scene, target_index: int = 0) -> tuple[str, str]:
+    """The caption with the target's colour word replaced by the colour no object has, and that colour."""
     new = new_colour_for(scene)
     words = [f"a {o.words}" for o in scene.objects]
-    words[target_index] = f"a {new} {target.shape}"
-    new_caption = " and ".join(words)
-    latent = encode(vae, scene)
-    source = clip.encode_from_tokens_scheduled(clip.tokenize(scene.caption))
-    inv = pack.inversion.invert_latent(model, clip, {"samples": latent}, steps=STEPS, skip=SKIP,
-                                       sampler="dpmpp_2m_sde", scheduler="karras", seed=SEED, source=source,
-                                       source_scale=SWAP["scale"])
-    edit_ = pack.prompt.make_prompt_edit(clip, scene.caption, new_caption, **SWAP)
-    out, _ = pack.sampler.run_edit(model, inv, None, "intersect", edit_)
-    before_img = decode(vae, latent)
+    words[target_index] = f"a {new} {scene.objects[target_index].shape}"
+    return " and ".join(words), new
+
+
+def swap(pack: Pack, model, clip, vae, scene, inversion, latent, before_img, target_index: int = 0) -> dict:
+    """Prompt-to-Prompt word swap on an inversion made with the scene's caption as its source ("a red circle
+    and a blue square" -> "a green circle and a blue square"): new-colour pixels rise inside the target /
+    elsewhere, the other object's colour pixels kept, and the same caption as target gives the photo back."""
+    target, other = scene.objects[target_index], scene.objects[1 - target_index]
+    new_caption, new = swap_caption(scene, target_index)
+    same = pack.prompt.make_prompt_edit(clip, scene.caption, scene.caption, scale=SOURCE_SCALE, **SWAP)
+    out_same, _ = pack.sampler.run_edit(model, inversion, None, "intersect", same)
+    edit_ = pack.prompt.make_prompt_edit(clip, scene.caption, new_caption, scale=SOURCE_SCALE, **SWAP)
+    out, _ = pack.sampler.run_edit(model, inversion, None, "intersect", edit_)
     alt = alteration(vae, out, before_img, target, new)
     after_img = alt.pop("image")
     o_region = pixel_region(other.mask, 4)
     o_before = (toy_world.colour_pixels(before_img, other.colour) & o_region).sum()
     o_after = (toy_world.colour_pixels(after_img, other.colour) & o_region).sum()
-    return {"scene": scene.caption, "target_caption": new_caption, "swap_rise_ratio": alt["rise_ratio"],
-            "swap_rise_in": alt["rise_in"], "swap_other_kept": float(o_after) / max(float(o_before), 1.0),
-            "_image": after_img}
+    return {"swap_caption": new_caption, "swap_rise_ratio": alt["rise_ratio"], "swap_rise_in": alt["rise_in"],
+            "swap_other_kept": float(o_after) / max(float(o_before), 1.0),
+            "swap_same_caption_error": float((out_same - latent).abs().max()), "_swap_image": after_img}

@@ -53,6 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--unet-steps", type=int, default=4000)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--min-snr", type=float, default=0.0,
+                   help="gamma of min-SNR loss weighting, with timesteps drawn more at high noise (0: off)")
     p.add_argument("--attn-loss", type=float, default=0.0,
                    help="weight of an auxiliary loss putting each named word's cross-attention (1/4-resolution "
                         "blocks) on its object's cells (0: off)")
@@ -316,9 +318,11 @@ def augment(x: torch.Tensor, rng, *others: torch.Tensor):
     return (torch.stack(out), *(torch.stack(r) for r in rest))
 
 
-def sample_timesteps(rng, n: int) -> torch.Tensor:
+def sample_timesteps(rng, n: int, high: bool = False) -> torch.Tensor:
+    """Half uniform over [0, 1000), half in [300, 900) (``high``: in [400, 1000), where the words decide what
+    is drawn)."""
     uni = rng.integers(0, 1000, size=n)
-    mid = rng.integers(300, 900, size=n)
+    mid = rng.integers(400, 1000, size=n) if high else rng.integers(300, 900, size=n)
     pick = rng.random(n) < 0.5
     return torch.from_numpy(np.where(pick, mid, uni)).long()
 
@@ -423,7 +427,7 @@ def train_unet(args, work: Path) -> None:
             x0 = augment(latents[idx], rng).to(args.device)
         pairs = [caption_with_positions(rng, data["objects"][i]) for i in idx]
         captions = [c for c, _ in pairs]
-        t = sample_timesteps(rng, args.batch).to(args.device)
+        t = sample_timesteps(rng, args.batch, high=args.min_snr > 0).to(args.device)
         g = torch.Generator().manual_seed(args.seed * 1000003 + step)
         noise = torch.randn(x0.shape, generator=g).to(args.device)
         a = acp[t].view(-1, 1, 1, 1)
@@ -435,11 +439,15 @@ def train_unet(args, work: Path) -> None:
             group["lr"] = lr
         ctx = text_forward(te, token_lists(clip, captions))
         eps = dm(xt, timesteps=t.float(), context=ctx)
-        loss = (eps - noise).pow(2).mean()
+        per_sample = (eps - noise).pow(2).mean(dim=(1, 2, 3))
+        loss = per_sample.mean()
         total = loss
+        if args.min_snr > 0:  # min-SNR-gamma weighting (Hang et al. 2023): less weight on the low-noise steps
+            snr = a.flatten() / (1 - a.flatten())
+            total = (per_sample * (snr.clamp(max=args.min_snr) / snr)).mean()
         if tap:
             attn = attention_loss(tap.take(), [n for _, n in pairs], cover)
-            total = loss + args.attn_loss * attn
+            total = total + args.attn_loss * attn
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
