@@ -7,6 +7,7 @@ import logging
 import torch
 
 from ..ledits_core import AttentionAccumulator
+from ..ledits_core.p2p import fold_repeats
 
 log = logging.getLogger(__name__)
 
@@ -18,16 +19,6 @@ def head_averaged_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.T
     qh = q.float().view(b, nq, heads, d).transpose(1, 2)
     kh = k.float().view(b, k.shape[1], heads, d).transpose(1, 2)
     return torch.softmax(qh @ kh.transpose(-1, -2) * d**-0.5, dim=-1).mean(1)
-
-
-def fold_repeats(probs: torch.Tensor, context_len: int) -> torch.Tensor:
-    """The host repeats shorter contexts to batch them with longer ones: sum the copies.  (b, Nq, r*L) -> (b, Nq, L)."""
-    nk = probs.shape[-1]
-    if nk == context_len:
-        return probs
-    if nk % context_len:
-        raise ValueError(f"attention has {nk} keys, not a multiple of the concept's {context_len} tokens")
-    return probs.view(*probs.shape[:-1], nk // context_len, context_len).sum(-2)
 
 
 class AttentionCapture:

@@ -82,6 +82,22 @@ def host_missing_reason(purpose="run the host tests"):
             f"({HOST_VERSION} or later, see docs/DESIGN.md, 'Running the real host') to {purpose}")
 
 
+def require_host_for(items, folder, what="the host tests"):
+    """pytest collection hook body for a folder of host tests: without a host, skip its tests with the
+    reason; with the environment variable ``CI`` set, stop the run instead (a missing host must not pass)."""
+    import pytest
+
+    reason = host_missing_reason()
+    if reason is None:
+        return
+    folder = Path(folder).resolve()
+    ours = [item for item in items if folder in Path(item.path).resolve().parents]
+    if ours and os.environ.get("CI"):
+        raise pytest.UsageError(f"CI is set and {what} cannot run: {reason}")
+    for item in ours:
+        item.add_marker(pytest.mark.skip(reason=reason))
+
+
 class DummyServer:
     """Stands in for ``server.PromptServer``: records every message instead of sending it."""
 

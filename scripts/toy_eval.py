@@ -208,7 +208,7 @@ def new_colour_for(scene) -> str:
 
 @torch.no_grad()
 def evaluate_scene(pack: Pack, model, clip, vae, scene, target_index: int = 0, masks_matter: bool = True,
-                   with_swap: bool = True) -> dict:
+                   with_swap: bool = True, same_caption: bool = True) -> dict:
     """Every figure of one scene (removal and localisation share one run)."""
     target, other = scene.objects[target_index], scene.objects[1 - target_index]
     latent = encode(vae, scene)
@@ -233,7 +233,7 @@ def evaluate_scene(pack: Pack, model, clip, vae, scene, target_index: int = 0, m
         _, out_n, _ = latent_change_ratio(latent, out_none, target, latent.shape[-1])
         fig["outside_intersect_over_none"] = out_i / max(out_n, 1e-12)
     if with_swap:
-        fig.update(swap(pack, model, clip, vae, scene, inv, latent, before_img, target_index))
+        fig.update(swap(pack, model, clip, vae, scene, inv, latent, before_img, target_index, same_caption))
     fig["_images"] = {"input": before_img, "removed": rm["image"], "altered": alt["image"]}
     fig["_masks"] = {"removal": masks_rm, "alteration": masks_alt}
     return fig
@@ -281,14 +281,18 @@ def swap_caption(scene, target_index: int = 0) -> tuple[str, str]:
     return " and ".join(words), new
 
 
-def swap(pack: Pack, model, clip, vae, scene, inversion, latent, before_img, target_index: int = 0) -> dict:
+def swap(pack: Pack, model, clip, vae, scene, inversion, latent, before_img, target_index: int = 0,
+         same_caption: bool = True) -> dict:
     """Prompt-to-Prompt word swap on an inversion made with the scene's caption as its source ("a red circle
     and a blue square" -> "a green circle and a blue square"): new-colour pixels rise inside the target /
     elsewhere, the other object's colour pixels kept, and the same caption as target gives the photo back."""
     target, other = scene.objects[target_index], scene.objects[1 - target_index]
     new_caption, new = swap_caption(scene, target_index)
-    same = pack.prompt.make_prompt_edit(clip, scene.caption, scene.caption, scale=SOURCE_SCALE, **SWAP)
-    out_same, _ = pack.sampler.run_edit(model, inversion, None, "intersect", same)
+    fig = {}
+    if same_caption:
+        same = pack.prompt.make_prompt_edit(clip, scene.caption, scene.caption, scale=SOURCE_SCALE, **SWAP)
+        out_same, _ = pack.sampler.run_edit(model, inversion, None, "intersect", same)
+        fig["swap_same_caption_error"] = float((out_same - latent).abs().max())
     edit_ = pack.prompt.make_prompt_edit(clip, scene.caption, new_caption, scale=SOURCE_SCALE, **SWAP)
     out, _ = pack.sampler.run_edit(model, inversion, None, "intersect", edit_)
     alt = alteration(vae, out, before_img, target, new)
@@ -296,6 +300,5 @@ def swap(pack: Pack, model, clip, vae, scene, inversion, latent, before_img, tar
     o_region = pixel_region(other.mask, 4)
     o_before = (toy_world.colour_pixels(before_img, other.colour) & o_region).sum()
     o_after = (toy_world.colour_pixels(after_img, other.colour) & o_region).sum()
-    return {"swap_caption": new_caption, "swap_rise_ratio": alt["rise_ratio"], "swap_rise_in": alt["rise_in"],
-            "swap_other_kept": float(o_after) / max(float(o_before), 1.0),
-            "swap_same_caption_error": float((out_same - latent).abs().max()), "_swap_image": after_img}
+    return {**fig, "swap_caption": new_caption, "swap_rise_ratio": alt["rise_ratio"], "swap_rise_in": alt["rise_in"],
+            "swap_other_kept": float(o_after) / max(float(o_before), 1.0), "_swap_image": after_img}

@@ -55,12 +55,15 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--min-snr", type=float, default=0.0,
                    help="gamma of min-SNR loss weighting, with timesteps drawn more at high noise (0: off)")
+    p.add_argument("--x0-weight", type=float, default=0.0,
+                   help="weight each sample's loss by 1/SNR clamped to [1, this] (x0-space error), timesteps drawn "
+                        "more at high noise (0: off)")
     p.add_argument("--attn-loss", type=float, default=0.0,
                    help="weight of an auxiliary loss putting each named word's cross-attention (1/4-resolution "
                         "blocks) on its object's cells (0: off)")
     p.add_argument("--probe-every", type=int, default=250)
     p.add_argument("--ckpt-every", type=int, default=100)
-    p.add_argument("--command", default="", help="export: the training command, for a log without start records")
+    p.add_argument("--command", default="", help="export: a training command to list first (one run before start records were logged)")
     p.add_argument("--stop-after-min", type=float, default=0, help="checkpoint and exit after this many minutes")
     return p.parse_args(argv)
 
@@ -427,7 +430,7 @@ def train_unet(args, work: Path) -> None:
             x0 = augment(latents[idx], rng).to(args.device)
         pairs = [caption_with_positions(rng, data["objects"][i]) for i in idx]
         captions = [c for c, _ in pairs]
-        t = sample_timesteps(rng, args.batch, high=args.min_snr > 0).to(args.device)
+        t = sample_timesteps(rng, args.batch, high=args.min_snr > 0 or args.x0_weight > 0).to(args.device)
         g = torch.Generator().manual_seed(args.seed * 1000003 + step)
         noise = torch.randn(x0.shape, generator=g).to(args.device)
         a = acp[t].view(-1, 1, 1, 1)
@@ -445,6 +448,9 @@ def train_unet(args, work: Path) -> None:
         if args.min_snr > 0:  # min-SNR-gamma weighting (Hang et al. 2023): less weight on the low-noise steps
             snr = a.flatten() / (1 - a.flatten())
             total = (per_sample * (snr.clamp(max=args.min_snr) / snr)).mean()
+        if args.x0_weight > 0:  # x0-space error (epsilon error / SNR), clamped to [1, x0_weight]: the noisy steps,
+            snr = a.flatten() / (1 - a.flatten())  # where the words decide the colours, count more
+            total = (per_sample * (1.0 / snr).clamp(1.0, args.x0_weight)).mean()
         if tap:
             attn = attention_loss(tap.take(), [n for _, n in pairs], cover)
             total = total + args.attn_loss * attn
@@ -577,7 +583,7 @@ def export(args, work: Path) -> None:
     last = {s: next((r for r in reversed(losses) if r["stage"] == s), None) for s in ("vae", "unet", "probe")}
     commands = [r["command"] for r in losses if r["stage"] == "start" and "--stage export" not in r["command"]]
     record = {
-        "commands": commands or [args.command],
+        "commands": ([args.command] if args.command else []) + commands,
         "seed": args.seed, "vae_steps": vae_ck["step"], "vae_minutes": round(vae_ck["minutes"], 1),
         "unet_steps": ck["step"], "unet_minutes": round(ck["minutes"], 1), "scenes": len(data["captions"]),
         "batch": args.batch, "machine": f"{platform.machine()} {platform.processor() or ''} "

@@ -7,7 +7,6 @@ run stops before any test). Test modules import ``hostenv`` (``scripts/hostenv.p
 put on ``sys.path``) and must not import the host at module level: use the ``host`` fixture.
 """
 
-import os
 import sys
 from pathlib import Path
 
@@ -29,14 +28,7 @@ def pytest_report_header(config):
 
 def pytest_collection_modifyitems(config, items):
     """Skip every test of this folder, loudly, when the host is missing; with ``CI`` set, fail instead."""
-    reason = hostenv.host_missing_reason()
-    if reason is None:
-        return
-    ours = [item for item in items if HERE in Path(item.path).resolve().parents]
-    if ours and os.environ.get("CI"):
-        raise pytest.UsageError(f"CI is set and the host tests cannot run: {reason}")
-    for item in ours:
-        item.add_marker(pytest.mark.skip(reason=reason))
+    hostenv.require_host_for(items, HERE)
 
 
 @pytest.fixture(scope="session")

@@ -119,6 +119,7 @@ def comfy_server(host, random_checkpoint, tmp_path_factory):
     (base / "models" / "checkpoints" / CHECKPOINT).symlink_to(random_checkpoint)
     photo = Image.open(ROOT / "assets" / "ledits_sample.png").convert("RGB")
     photo.resize((PHOTO_SIDE, PHOTO_SIDE), Image.LANCZOS).save(base / "input" / "ledits_sample.png")
+    shutil.copy(ROOT / "assets" / "ledits_toy_scene.png", base / "input")  # the toy workflow's scene
     (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(USER_SETTINGS))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log_path = ARTIFACTS / "comfy_server.log"
