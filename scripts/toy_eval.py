@@ -10,7 +10,7 @@ For a held-out two-object scene, through the pack's own node functions on the re
   the other object's colour pixels kept, and the latent change inside the object / outside it;
 * alteration: "+green circle" on a circle of another colour: how much more the new colour's pixels rise
   inside the object than anywhere else;
-* masks matter: the alteration's latent change outside the object with ``intersect`` / with ``none``;
+* masks matter: the removal's latent change outside the object with ``intersect`` / with ``none``;
 * reconstruction: max abs latent error with no concepts.
 
 The host must be imported and the pack loaded (``hostenv.import_host(); hostenv.load_pack()``).
@@ -227,9 +227,9 @@ def evaluate_scene(pack: Pack, model, clip, vae, scene, target_index: int = 0, m
     fig.update({k: v for k, v in rm.items() if k != "image"})
     fig.update({k: v for k, v in alt.items() if k != "image"})
     fig["alter_text"] = alter_text
-    if masks_matter:
-        out_none, _, _ = edit(pack, model, clip, inv, alter_text, False, mask_mode="none", **ALTER)
-        _, out_i, _ = latent_change_ratio(latent, out_alt, target, latent.shape[-1])
+    if masks_matter:  # the removal (its object is in the scene) with mask mode none, at the same scale
+        out_none, _, _ = edit(pack, model, clip, inv, target.words, True, mask_mode="none", **REMOVE)
+        _, out_i, _ = latent_change_ratio(latent, out_rm, target, latent.shape[-1])
         _, out_n, _ = latent_change_ratio(latent, out_none, target, latent.shape[-1])
         fig["outside_intersect_over_none"] = out_i / max(out_n, 1e-12)
     if with_swap:
@@ -250,7 +250,7 @@ FIGURES = [  # (key, what it is, the semantic tests' target)
     ("other_kept", "removal: share of the other object's colour pixels kept", ">= 0.9"),
     ("latent_in_out", "removal: latent change inside the object / outside", ">= 5"),
     ("rise_ratio", "alteration: new-colour pixels rise inside / elsewhere", ">= 3"),
-    ("outside_intersect_over_none", "alteration: change outside the object, intersect / none", "<= 0.5"),
+    ("outside_intersect_over_none", "removal: latent change outside the object, intersect / none", "<= 0.5"),
     ("reconstruction", "reconstruction without concepts: max abs latent error", "<= 1e-4"),
     ("swap_rise_ratio", "prompt edit (colour word swapped): new-colour rise inside / elsewhere", ">= 3"),
     ("swap_other_kept", "prompt edit: share of the other object's colour pixels kept", ">= 0.9"),
@@ -266,7 +266,7 @@ def describe(fig: dict) -> list[str]:
         if key in fig:
             value = fig[key]
             shown = f"{value:.2e}" if key in ("reconstruction", "swap_same_caption_error") else f"{value:.3f}"
-            lines.append(f"{what}: {shown}" + (f"  (tests: median {target})" if target else ""))
+            lines.append(f"{what}: {shown}" + (f"  (target: median {target})" if target else ""))
     return lines
 
 
