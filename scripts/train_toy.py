@@ -284,16 +284,11 @@ def text_forward(te, tokens: list[list[int]]) -> torch.Tensor:
     return tm.final_layer_norm(x)
 
 
-def caption_pool(rng, objects):
+def caption_with_positions(rng, objects):
     """A training caption for a scene given its objects [(colour, shape), ...]: 10 % empty (for classifier-free
     guidance), 20 % one object's words as a user types a concept ("red circle" or "a red circle"), else the
-    full caption in a random order."""
-    return caption_with_positions(rng, objects)[0]
-
-
-def caption_with_positions(rng, objects):
-    """(caption, [(object index, [token positions of its colour and shape words])]); every toy word is one
-    CLIP token, position 0 is the start token."""
+    full caption in a random order. Returns (caption, [(object index, [token positions of its colour and
+    shape words])]); every toy word is one CLIP token, position 0 is the start token."""
     u = rng.random()
     if u < 0.10:
         return "", []
@@ -496,7 +491,7 @@ class Probe:
         self.maps = []
 
     @torch.no_grad()
-    def run(self, vae_sd=None, work=None) -> dict:
+    def run(self) -> dict:
         dm = self.unet.model.diffusion_model
         dm.eval()
         te = self.clip.cond_stage_model.clip_l
