@@ -25,9 +25,11 @@ FAMILY = "sd15"
 
 
 class Host:
-    """The host, the pack's node modules, and one random-weight SD1.5 model."""
+    """The host, the pack's node modules, and one random-weight model (SD1.5 at full size unless told;
+    bench/side_sdxl.py subclasses it for SDXL)."""
 
-    def __init__(self, seed: int, threads: int | None, device: str = "cpu"):
+    def __init__(self, seed: int, threads: int | None, device: str = "cpu", family: str = FAMILY,
+                 model_size: str = "full"):
         t0 = time.perf_counter()
         host_nodes = hostenv.import_host()  # the host's nodes.py (our pack has a nodes/ folder too)
         hostenv.load_pack()
@@ -53,7 +55,7 @@ class Host:
         self.core = hostenv.import_pack_module("ledits_core")
         self.import_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        self.model, self.clip, self.vae = self.rm.build_random_model(FAMILY, "full", seed)
+        self.model, self.clip, self.vae = self.rm.build_random_model(family, model_size, seed)
         self.build_s = time.perf_counter() - t0
         self.clock = bc.StepClock()
         self.rows: list[tuple[str, int]] = []
