@@ -118,7 +118,7 @@ def prompt_edit_workflow(ckpt, caption, target, blend_words, steps=50, seed=42):
 TOY_SCENE_NAME = "ledits_toy_scene.png"
 TOY_SCENE = 120  # scripts/toy_world.test_scene(120): "a red circle and a blue square", never used in training
 TOY = ("LEDITS++: try it without a checkpoint (toy model, coloured shapes)", "a red circle and a blue square",
-       [("red circle", 8.0, 0.9, True), ("green square", 8.0, 0.9, False)])
+       [("red circle", 25.0, 0.9, True), ("green square", 40.0, 0.8, False)])  # toy_eval.REMOVE, ALTER: tested
 
 
 def toy_workflow(caption, concepts, steps=20, seed=7):
