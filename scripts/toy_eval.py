@@ -11,9 +11,13 @@ For a held-out two-object scene, through the pack's own node functions on the re
 * alteration: "+green circle" on a circle of another colour: how much more the new colour's pixels rise
   inside the object than anywhere else;
 * masks matter: the removal's latent change outside the object with ``intersect`` / with ``none``;
-* reconstruction: max abs latent error with no concepts.
+* reconstruction: max abs latent error with no concepts;
+* not targets, printed so that the medians do not hide it: how much of a removed object's area became
+  background (rather than another colour), and how much of the other object an alteration kept.
 
 The host must be imported and the pack loaded (``hostenv.import_host(); hostenv.load_pack()``).
+
+    python scripts/toy_eval.py --scenes 20 --grid docs/toy_test_scenes.png   # every figure, every edit drawn
 """
 
 from __future__ import annotations
@@ -183,27 +187,36 @@ def pixel_region(mask: np.ndarray, px: int) -> np.ndarray:
     return toy_world.dilate(mask, px)
 
 
+def kept(before_img, after_img, obj) -> float:
+    """Share of an object's colour pixels (in its region dilated by 4 px) still there after an edit."""
+    region = pixel_region(obj.mask, 4)
+    b = (toy_world.colour_pixels(before_img, obj.colour) & region).sum()
+    a = (toy_world.colour_pixels(after_img, obj.colour) & region).sum()
+    return float(a) / max(float(b), 1.0)
+
+
 def removal(vae, latent_in, out, before_img, target, other) -> dict:
+    """The issue's figures, and ``cleared``: the share of the object's own pixels that are background after
+    the edit (a removed object can also turn into another colour: its colour pixels drop all the same)."""
     after_img = decode(vae, out)
     t_before = toy_world.colour_pixels(before_img, target.colour).sum()
     t_after = toy_world.colour_pixels(after_img, target.colour).sum()
-    o_region = pixel_region(other.mask, 4)
-    o_before = (toy_world.colour_pixels(before_img, other.colour) & o_region).sum()
-    o_after = (toy_world.colour_pixels(after_img, other.colour) & o_region).sum()
     inside, outside, ratio = latent_change_ratio(latent_in, out, target, latent_in.shape[-1])
     return {"colour_drop": 1.0 - float(t_after) / max(float(t_before), 1.0),
-            "other_kept": float(o_after) / max(float(o_before), 1.0),
+            "other_kept": kept(before_img, after_img, other),
+            "cleared": float(toy_world.background_pixels(after_img)[target.mask].mean()),
             "latent_in_out": ratio, "image": after_img}
 
 
-def alteration(vae, out, before_img, target, new_colour) -> dict:
+def alteration(vae, out, before_img, target, new_colour, other) -> dict:
+    """The issue's figure (new-colour rise inside the object / elsewhere) and the other object's colour kept."""
     after_img = decode(vae, out)
     region = pixel_region(target.mask, 2)
     b = toy_world.colour_pixels(before_img, new_colour)
     a = toy_world.colour_pixels(after_img, new_colour)
     rise_in = float((a & region).sum() - (b & region).sum()) / region.sum()
     rise_out = float((a & ~region).sum() - (b & ~region).sum()) / (~region).sum()
-    return {"rise_in": rise_in, "rise_out": rise_out,
+    return {"rise_in": rise_in, "rise_out": rise_out, "other_kept": kept(before_img, after_img, other),
             "rise_ratio": rise_in / max(rise_out, 1e-4) if rise_in > 0 else 0.0, "image": after_img}
 
 
@@ -229,9 +242,10 @@ def evaluate_scene(pack: Pack, model, clip, vae, scene, target_index: int = 0, m
     new = new_colour_for(scene)
     alter_text = f"{new} {target.shape}"
     out_alt, masks_alt, _ = edit(pack, model, clip, inv, alter_text, False, **ALTER)
-    alt = alteration(vae, out_alt, before_img, target, new)
+    alt = alteration(vae, out_alt, before_img, target, new, other)
     fig.update({k: v for k, v in rm.items() if k != "image"})
-    fig.update({k: v for k, v in alt.items() if k != "image"})
+    fig.update({k: v for k, v in alt.items() if k not in ("image", "other_kept")})
+    fig["alter_other_kept"] = alt["other_kept"]
     fig["alter_text"] = alter_text
     if masks_matter:  # the removal (its object is in the scene) with mask mode none, at the same scale
         out_none, _, _ = edit(pack, model, clip, inv, target.words, True, mask_mode="none", **REMOVE)
@@ -254,8 +268,10 @@ FIGURES = [  # (key, what it is, the semantic tests' target)
     ("ratio_shape", "attention ratio, shape word alone", ""),
     ("colour_drop", "removal: share of the object's colour pixels gone", ">= 0.5"),
     ("other_kept", "removal: share of the other object's colour pixels kept", ">= 0.9"),
+    ("cleared", "removal: share of the object's pixels that became background (not a target)", ""),
     ("latent_in_out", "removal: latent change inside the object / outside", ">= 5"),
     ("rise_ratio", "alteration: new-colour pixels rise inside / elsewhere", ">= 3"),
+    ("alter_other_kept", "alteration: share of the other object's colour pixels kept (not a target)", ""),
     ("outside_intersect_over_none", "removal: latent change outside the object, intersect / none", "<= 0.5"),
     ("reconstruction", "reconstruction without concepts: max abs latent error", "<= 1e-4"),
     ("swap_rise_ratio", "prompt edit (colour word swapped): new-colour rise inside / elsewhere", ">= 3"),
@@ -307,10 +323,53 @@ def swap(pack: Pack, model, clip, vae, scene, inversion, latent, before_img, tar
         fig["swap_same_caption_error"] = float((out_same - latent).abs().max())
     edit_ = pack.prompt.make_prompt_edit(clip, scene.caption, new_caption, scale=SWAP_SCALE, **SWAP)
     out, _ = pack.sampler.run_edit(model, inversion, None, "intersect", edit_)
-    alt = alteration(vae, out, before_img, target, new)
-    after_img = alt.pop("image")
-    o_region = pixel_region(other.mask, 4)
-    o_before = (toy_world.colour_pixels(before_img, other.colour) & o_region).sum()
-    o_after = (toy_world.colour_pixels(after_img, other.colour) & o_region).sum()
+    alt = alteration(vae, out, before_img, target, new, other)
     return {**fig, "swap_caption": new_caption, "swap_rise_ratio": alt["rise_ratio"], "swap_rise_in": alt["rise_in"],
-            "swap_other_kept": float(o_after) / max(float(o_before), 1.0), "_swap_image": after_img}
+            "swap_other_kept": alt["other_kept"], "_swap_image": alt["image"]}
+
+
+def grid(figures: list[dict]) -> np.ndarray:
+    """(H, W, 3) uint8: one row per scene of evaluate_scene() results: input | removal | alteration | prompt edit."""
+    rows = []
+    for fig in figures:
+        panels = [fig["_images"][k] for k in ("input", "removed", "altered")] + [fig["_swap_image"]]
+        gap = np.zeros((panels[0].shape[0], 4, 3), dtype=np.float32)
+        row = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
+        rows += [row, np.zeros((4, row.shape[1], 3), dtype=np.float32)]
+    return np.concatenate(rows[:-1], axis=0).clip(0, 255).round().astype(np.uint8)
+
+
+def main(argv=None) -> int:
+    """Every figure over held-out scenes, their medians, and optionally the picture of every edit."""
+    import argparse
+    from pathlib import Path
+
+    from PIL import Image
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--scenes", type=int, default=20, help="test scenes 0..N-1 (the semantic tests use 20)")
+    p.add_argument("--grid", type=Path, help="write input | removal | alteration | prompt edit, a row per scene "
+                                             "(docs/toy_test_scenes.png)")
+    args = p.parse_args(argv)
+    hostenv.import_host()
+    pack = Pack.load()
+    model, clip, vae = hostenv.import_pack_module("nodes.toy_model").load_toy_model()
+    figures = []
+    for i in range(args.scenes):
+        fig = evaluate_scene(pack, model, clip, vae, toy_world.test_scene(i), same_caption=i < 5)
+        print(f"scene {i}: {fig['scene']}\n  " + "\n  ".join(describe(fig)), flush=True)
+        figures.append(fig)
+    print(f"medians over {len(figures)} scenes (worst case in brackets):")
+    for key, what, target in FIGURES:
+        values = np.array([f[key] for f in figures if key in f])
+        worst = values.max() if key in ("outside_intersect_over_none", "reconstruction",
+                                        "swap_same_caption_error") else values.min()
+        print(f"  {what}: {np.median(values):.4g} ({worst:.4g})" + (f"  target {target}" if target else ""))
+    if args.grid:
+        Image.fromarray(grid(figures)).quantize(64).save(args.grid, optimize=True)  # 64 colours: a quarter the size
+        print(f"wrote {args.grid}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -138,6 +138,13 @@ def colour_pixels(image: np.ndarray, colour: str, tol: float = 60.0) -> np.ndarr
     return (nearest == k) & (dist[..., k] <= tol)
 
 
+def background_pixels(image: np.ndarray) -> np.ndarray:
+    """Pixels nearer to the background than to any colour of the palette."""
+    img = np.asarray(image, dtype=np.float32)
+    palette = np.array(list(COLOURS.values()) + [BACKGROUND], dtype=np.float32)
+    return np.linalg.norm(img[..., None, :] - palette, axis=-1).argmin(-1) == len(COLOURS)
+
+
 def dilate(mask: np.ndarray, cells: int = 1) -> np.ndarray:
     """Binary dilation by ``cells`` in the 8-neighbourhood (no scipy)."""
     out = mask.astype(bool).copy()
