@@ -116,14 +116,15 @@ def prompt_edit_workflow(ckpt, caption, target, blend_words, steps=50, seed=42):
 
 
 TOY_SCENE_NAME = "ledits_toy_scene.png"
-TOY_SCENE = 120  # scripts/toy_world.test_scene(120): "a red circle and a blue square", never used in training
-TOY = ("LEDITS++: try it without a checkpoint (toy model, coloured shapes)", "a red circle and a blue square",
-       [("red circle", 25.0, 0.9, True), ("green square", 40.0, 0.8, False)])  # toy_eval.REMOVE, ALTER: tested
+TOY_SCENE = 6  # scripts/toy_world.test_scene(6), as scripts/ledits_edit.py's demo: never used in training
+TOY = ("LEDITS++: try it without a checkpoint (toy model, coloured shapes)", "a red square and a blue circle",
+       [("red square", 25.0, 0.9, True), ("green square", 40.0, 0.8, False)])  # toy_eval.REMOVE, ALTER: tested
 
 
 def toy_workflow(caption, concepts, steps=20, seed=7):
-    """The toy model (LEDITS Toy Model node) on a held-out toy scene: its caption as the inversion's source,
-    one removal and one alteration, the masks over the scene."""
+    """The toy model (LEDITS Toy Model node) on a held-out toy scene: its caption as the inversion's source, then
+    one removal and one alteration of the same object, each with its own sampler on the one inversion (on this
+    small model two concepts in one sampler interfere), each result saved and its mask shown over the scene."""
     g = Graph()
     loader = g.add("LeditsToyModel", (20, 40), [], size=(320, 120))
     image = g.add("LoadImage", (20, 200), [TOY_SCENE_NAME, "image"], size=(320, 320))
@@ -132,22 +133,23 @@ def toy_workflow(caption, concepts, steps=20, seed=7):
     inversion = g.add("LeditsInversion", (380, 220), [steps, 0.15, "dpmpp_2m_sde", "karras", seed, "fixed", 3.5],
                       [("model", (loader, 0)), ("clip", (loader, 1)), ("latent", (latent, 0)),
                        ("source", (source, 0))], size=(320, 320))
-    previous = None
     for i, (text, scale, threshold, reverse) in enumerate(concepts):
-        inputs = [("clip", (loader, 1))] + ([("previous", (previous, 0))] if previous else [])
-        previous = g.add("LeditsConceptEdit", (740, 40 + 340 * i), [text, scale, threshold, reverse, 0.0, 1.0],
-                         inputs, size=(320, 310))
-    sampler = g.add("LeditsSampler", (1100, 40), ["intersect"], [("model", (loader, 0)), ("inversion", (inversion, 0)),
-                                                                ("concepts", (previous, 0))], size=(300, 330))
-    decoded = g.add("VAEDecode", (1100, 420), [], [("samples", (sampler, 0)), ("vae", (loader, 2))], size=(200, 50))
-    g.add("SaveImage", (1460, 40), ["ledits_edit"], [("images", (decoded, 0))], size=(360, 380))
-    g.add("LeditsMaskPreview", (1100, 520), ["final", 0, -1], [("masks", (sampler, 1)), ("image", (image, 0))],
-          size=(300, 340))
+        y = 40 + 420 * i
+        concept = g.add("LeditsConceptEdit", (740, y), [text, scale, threshold, reverse, 0.0, 1.0],
+                        [("clip", (loader, 1))], size=(320, 310))
+        sampler = g.add("LeditsSampler", (1100, y), ["intersect"], [("model", (loader, 0)),
+                                                                   ("inversion", (inversion, 0)),
+                                                                   ("concepts", (concept, 0))], size=(300, 330))
+        decoded = g.add("VAEDecode", (1100, y + 350), [], [("samples", (sampler, 0)), ("vae", (loader, 2))],
+                        size=(200, 50))
+        g.add("SaveImage", (1440, y), ["ledits_edit"], [("images", (decoded, 0))], size=(300, 380))
+        g.add("LeditsMaskPreview", (1780, y), ["final", 0, -1], [("masks", (sampler, 1)), ("image", (image, 0))],
+              size=(300, 380))
     return g
 
 
 def toy_thumbnail(workflow_path, path):
-    """The toy workflow's thumbnail from a real run (needs the host): scene | edited | mask panels."""
+    """The toy workflow's thumbnail from a real run (needs the host): scene | each edit | each edit's masks."""
     import numpy as np
     import torch
 
@@ -162,17 +164,15 @@ def toy_thumbnail(workflow_path, path):
     Image.open(ROOT / "assets" / TOY_SCENE_NAME).save(Path(folder_paths.get_input_directory()) / TOY_SCENE_NAME)
     prompt = ui_to_api(json.loads(workflow_path.read_text()), nodes.NODE_CLASS_MAPPINGS)
     out = hostenv.run_prompt(prompt, outputs=None)
-    kind = {i: n["class_type"] for i, n in prompt.items()}
-    pick = {kind[i]: v for i, v in out.items()}
-    load = next(i for i, k in kind.items() if k == "LoadImage")
-    before = out[load][0][:1]
-    after = pick["VAEDecode"][0][:1]
-    masks = pick["LeditsMaskPreview"][0][:1]
+    of_kind = {k: [out[i][0][:1] for i, n in sorted(prompt.items(), key=lambda kv: int(kv[0]))
+                   if n["class_type"] == k] for k in ("LoadImage", "VAEDecode", "LeditsMaskPreview")}
+    before = of_kind["LoadImage"][0]
     h = before.shape[1]
-    masks = torch.nn.functional.interpolate(masks.movedim(-1, 1), size=(h, round(masks.shape[2] * h / masks.shape[1])),
-                                            mode="bilinear").movedim(1, -1)
+    masks = [torch.nn.functional.interpolate(m.movedim(-1, 1), size=(h, round(m.shape[2] * h / m.shape[1])),
+                                             mode="bilinear").movedim(1, -1) for m in of_kind["LeditsMaskPreview"]]
     gap = torch.ones((1, h, 4, 3))
-    sheet = torch.cat([before, gap, after, gap, masks], dim=2)[0].clamp(0, 1).numpy()
+    panels = [before] + of_kind["VAEDecode"] + masks
+    sheet = torch.cat([p for panel in panels for p in (panel, gap)][:-1], dim=2)[0].clamp(0, 1).numpy()
     img = Image.fromarray((sheet * 255).round().astype(np.uint8))
     img.resize((img.width * 2, img.height * 2), Image.NEAREST).convert("RGB").save(path, quality=90)
 
