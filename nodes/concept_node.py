@@ -61,7 +61,7 @@ class LeditsConceptEdit(io.ComfyNode):
                                 tooltip="What to add (or remove, with 'reverse'), in a few words: 'sunglasses'."),
                 io.Float.Input("scale", default=5.0, min=0.0, max=100.0, step=0.1,
                                tooltip="Edit strength. 3-15 is typical for SD checkpoints; a model whose text "
-                                       "moves the image less (the toy demo model) needs 20-40. 0 turns the "
+                                       "moves the image less (the toy demo model) needs 25-40. 0 turns the "
                                        "concept off."),
                 io.Float.Input("threshold", default=0.9, min=0.0, max=1.0, step=0.01,
                                tooltip="How much of the image the edit may touch: 0.9 = the 10% most relevant "
