@@ -86,8 +86,7 @@ def build_prompt(args, image_name: str, size: tuple[int, int], edits: list[dict]
     if args.source:
         prompt["source"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": args.source}}
         prompt["invert"]["inputs"]["source"] = ["source", 0]
-    groups = [[edit] for edit in edits] if args.each else [edits]
-    for k, group in enumerate(groups):
+    for k, group in enumerate(edit_groups(edits, args.each)):
         previous = None
         for i, edit in enumerate(group):
             inputs = {"clip": ["ckpt", 1], "text": edit["text"], "scale": edit["scale"],
@@ -108,6 +107,11 @@ def build_prompt(args, image_name: str, size: tuple[int, int], edits: list[dict]
                                                                         "mask_mode": args.mask_mode}}
     prompt["decode_rec"] = {"class_type": "VAEDecode", "inputs": {"samples": ["reconstruct", 0], "vae": ["ckpt", 2]}}
     return prompt
+
+
+def edit_groups(edits: list[dict], each: bool) -> list[list[dict]]:
+    """The edits of each LEDITS Sampler: all in one, or (--each) one sampler per edit on the same inversion."""
+    return [[edit] for edit in edits] if each and edits else [edits]
 
 
 def node_names(k: int) -> tuple[str, str, str]:
@@ -208,27 +212,27 @@ def main(argv=None) -> int:
     shutil.copy(args.image, Path(folder_paths.get_input_directory()) / image_name)
     multiple = 4 if toy else 8
     prompt = build_prompt(args, image_name, target_size(args.image, size, multiple), edits)
-    groups = len(edits) if args.each else 1
-    names = [node_names(k) for k in range(groups)]
+    groups = edit_groups(edits, args.each)
+    names = [node_names(k) for k in range(len(groups))]
     results = hostenv.run_prompt(prompt, outputs=[n for _, decode, preview in names for n in (decode, preview)]
                                  + ["decode_rec", "scale", "encode"])
     args.out.mkdir(parents=True, exist_ok=True)
     save(results["scale"][0], args.out / "input.png")
     save(results["decode_rec"][0], args.out / "reconstructed.png")
     for k, (sample, decode, preview) in enumerate(names):
-        suffix = file_suffix(k, groups)
+        suffix = file_suffix(k, len(groups))
         save(results[decode][0], args.out / f"edited{suffix}.png")
         save(results[preview][0], args.out / f"masks{suffix}.png")
         save(change_map(results, sample), args.out / f"latent_change{suffix}.png")
     sheet(results, names, args.out / "sheet.png")
     log.info("edits: %s", "; ".join(", ".join(("-" if e["reverse"] else "+") + e["text"] for e in group)
-                                    for group in ([[e] for e in edits] if args.each else [edits])))
+                                    for group in groups))
     log.info("wrote input, edited, reconstructed, masks and latent_change .png (%s) and sheet.png in %s",
-             "one of each per edit" if groups > 1 else "one edit run", args.out)
+             "one of each per sampler" if len(groups) > 1 else "one sampler", args.out)
     rec, source = results["reconstruct"][0]["samples"], results["encode"][0]["samples"]
     log.info("reconstruction without edits: max abs latent error %.2e", (rec - source).abs().max().item())
     for k, (sample, _, preview) in enumerate(names):
-        report(results, sample, preview, f"edit {k + 1}: " if groups > 1 else "")
+        report(results, sample, preview, f"edit {k + 1}: " if len(groups) > 1 else "")
     note(args, toy)
     if scene is not None and not args.edit:
         scene_figures(scene)
