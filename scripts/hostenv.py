@@ -1,8 +1,9 @@
 """Import the real ComfyUI host in-process and drive it (tests, the headless edit, benchmarks).
 
 * The host is looked for at ``$COMFYUI_PATH`` when it is set (and only there), else at ``~/ComfyUI``,
-  else at ``../shared/ComfyUI`` next to this repository (a read-only copy of the host's source that
-  development machines and CI have; see docs/DESIGN.md, "Running the real host").
+  else in ``../shared/`` next to this repository: ``ComfyUI-0.33.0`` (today's host), then ``ComfyUI``
+  (0.3.64, the oldest supported), read-only copies of the host's source that development machines
+  and CI have (see docs/DESIGN.md, "Running the real host").
   ``host_missing_reason()`` says why none can be used (the host tests' conftest turns that into a
   skip, or into a failure when ``CI`` is set).
 * ``import_host()`` imports it the way its ``main.py`` does, with the command-line arguments in
@@ -23,8 +24,10 @@ import contextlib
 import importlib
 import importlib.machinery
 import importlib.util
+import inspect
 import logging
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -34,10 +37,11 @@ from pathlib import Path
 
 PACK_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent
-SHARED_HOST = PACK_ROOT.parent / "shared" / "ComfyUI"  # the read-only copy next to the repository
+# The read-only copies next to the repository, newest first: today's host, then the oldest supported one.
+SHARED_HOSTS = (PACK_ROOT.parent / "shared" / "ComfyUI-0.33.0", PACK_ROOT.parent / "shared" / "ComfyUI")
 DEFAULT_HOST_ARGS = "--cpu"
 RANDOM_LOADER = "LeditsTestRandomCheckpoint"
-HOST_VERSION = "0.3.64"  # the host version the pack is developed and tested against (and later ones)
+HOST_VERSION = "0.3.64"  # the oldest host version the pack supports (tested with it and with 0.33.0)
 
 # Top-level names that must resolve to the host's modules (our pack has a ``nodes/`` folder).
 _HOST_MODULES = ("nodes", "execution", "server", "folder_paths", "comfy", "utils")
@@ -46,11 +50,21 @@ _HOST_MODULES = ("nodes", "execution", "server", "folder_paths", "comfy", "utils
 def host_candidates():
     """Where the host is looked for, in order, as ``(label, path)``: ``$COMFYUI_PATH`` alone when it is
     set (an explicit choice is never silently replaced by another host), else ``~/ComfyUI`` and then
-    ``../shared/ComfyUI`` next to this repository."""
+    the copies in ``../shared/`` next to this repository (today's host first)."""
     explicit = os.environ.get("COMFYUI_PATH")
     if explicit:
         return [("$COMFYUI_PATH", Path(explicit).expanduser().resolve())]
-    return [("~/ComfyUI", (Path.home() / "ComfyUI").resolve()), ("../shared/ComfyUI", SHARED_HOST.resolve())]
+    return [("~/ComfyUI", (Path.home() / "ComfyUI").resolve())] + [
+        (f"../shared/{path.name}", path.resolve()) for path in SHARED_HOSTS]
+
+
+def host_version(path=None):
+    """The host's version string from its ``comfyui_version.py`` (for reports only: code that must differ
+    between hosts asks the host what it has, never this), or None when it has none."""
+    path = Path(path) if path else host_path()
+    text = (path / "comfyui_version.py").read_text() if (path / "comfyui_version.py").is_file() else ""
+    found = re.search(r"__version__\s*=\s*[\"']([^\"']+)", text)
+    return found.group(1) if found else None
 
 
 def is_host(path):
@@ -329,11 +343,30 @@ def _unwrap(node_class, slots):
 
 
 def new_executor():
-    """A host ``PromptExecutor`` (classic cache) reporting to the recording server."""
+    """A host ``PromptExecutor`` (classic cache) reporting to the recording server.
+
+    Newer hosts (0.3x) take ``cache_args`` and read its ``ram`` and ``ram_inactive`` headroom on every
+    run; older ones (0.3.64) have no such parameter. Which one this host is, its signature says.
+    """
     import execution
 
     import_host()
+    if "cache_args" in inspect.signature(execution.PromptExecutor).parameters:
+        return execution.PromptExecutor(SERVER, cache_type=execution.CacheType.CLASSIC,
+                                        cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
     return execution.PromptExecutor(SERVER, cache_type=execution.CacheType.CLASSIC)
+
+
+def cached_outputs(executor, node_id):
+    """The output slots the executor's cache holds for ``node_id``, or None.
+
+    What the cache is, the host says: 0.3.64's ``get`` returns the slots; newer hosts' ``get`` is a
+    coroutine whose result is a ``CacheEntry`` with the slots in ``.outputs`` (and the node's UI beside).
+    """
+    found = executor.caches.outputs.get(node_id)
+    if inspect.isawaitable(found):
+        found = asyncio.run(found)
+    return getattr(found, "outputs", found)
 
 
 def run_prompt(prompt, outputs=None, executor=None, extra_data=None):
@@ -359,7 +392,7 @@ def run_prompt(prompt, outputs=None, executor=None, extra_data=None):
             + "".join(detail.get("traceback", [])))
     results = {}
     for node_id, node in prompt.items():
-        slots = executor.caches.outputs.get(node_id)
+        slots = cached_outputs(executor, node_id)
         if slots is not None:
             results[node_id] = _unwrap(nodes.NODE_CLASS_MAPPINGS[node["class_type"]], slots)
     return results

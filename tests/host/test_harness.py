@@ -109,15 +109,36 @@ def test_without_host_in_ci_the_run_fails():
 
 
 def test_host_lookup_order(host, monkeypatch, tmp_path):
-    """$COMFYUI_PATH alone when set; else ~/ComfyUI, then ../shared/ComfyUI next to the repository."""
+    """$COMFYUI_PATH alone when set; else ~/ComfyUI, then ../shared/ComfyUI-0.33.0 (today's host) and
+    ../shared/ComfyUI (the oldest supported) next to the repository."""
     monkeypatch.setenv("COMFYUI_PATH", str(tmp_path))
     assert [label for label, _ in host.host_candidates()] == ["$COMFYUI_PATH"]
     assert host.find_host() is None and str(tmp_path) in host.host_missing_reason()
     monkeypatch.delenv("COMFYUI_PATH")
     monkeypatch.setenv("HOME", str(tmp_path))
+    shared = (host.PACK_ROOT.parent / "shared").resolve()
     assert host.host_candidates() == [("~/ComfyUI", (tmp_path / "ComfyUI").resolve()),
-                                      ("../shared/ComfyUI", (host.PACK_ROOT.parent / "shared" / "ComfyUI").resolve())]
+                                      ("../shared/ComfyUI-0.33.0", shared / "ComfyUI-0.33.0"),
+                                      ("../shared/ComfyUI", shared / "ComfyUI")]
     (tmp_path / "ComfyUI" / "comfy").mkdir(parents=True)
     (tmp_path / "ComfyUI" / "nodes.py").touch()
     (tmp_path / "ComfyUI" / "comfy" / "model_management.py").touch()
     assert host.find_host() == (tmp_path / "ComfyUI").resolve()
+
+
+def test_executor_and_cache_as_the_host_has_them(host):
+    """The in-process executor asks the host what it has: 0.3.64's PromptExecutor takes no cache_args and its
+    output cache returns the slots; newer hosts need cache_args and return a CacheEntry from a coroutine."""
+    import inspect
+
+    import execution
+
+    takes_cache_args = "cache_args" in inspect.signature(execution.PromptExecutor).parameters
+    executor = host.new_executor()
+    assert (executor.cache_args is not None) if takes_cache_args else not hasattr(executor, "cache_args")
+    prompt = {"1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 48, "batch_size": 1}}}
+    results = host.run_prompt(prompt, outputs=["1"], executor=executor)
+    assert tuple(results["1"][0]["samples"].shape) == (1, 4, 6, 8)
+    slots = host.cached_outputs(executor, "1")
+    assert isinstance(slots, list) and slots[0][0]["samples"] is results["1"][0]["samples"]
+    assert host.cached_outputs(executor, "no such node") is None
