@@ -40,6 +40,29 @@ TITLES = {"LeditsInversion": "LEDITS Inversion", "LeditsConceptEdit": "LEDITS Co
           "LeditsPromptEdit": "LEDITS Prompt Edit", "LeditsToyModel": "LEDITS Toy Model"}
 
 
+# Where each checkpoint the example workflows name comes from, written into the loader's properties the way the
+# host's own templates do ("models": name, url, directory), so the frontend's missing-models dialog says what
+# to download and which models/ folder it goes to. The toy workflow loads no file and lists none.
+MODEL_SOURCES = {
+    "v1-5-pruned-emaonly-fp16.safetensors":
+        "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
+        "v1-5-pruned-emaonly-fp16.safetensors?download=true",
+    "sd_xl_base_1.0.safetensors":
+        "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/"
+        "sd_xl_base_1.0.safetensors?download=true",
+}
+SD15 = "v1-5-pruned-emaonly-fp16.safetensors"
+SDXL = "sd_xl_base_1.0.safetensors"
+
+
+def checkpoint_loader(g, ckpt):
+    """A CheckpointLoaderSimple naming its file and where to get it (properties.models, as the host's templates)."""
+    loader = g.add("CheckpointLoaderSimple", (20, 40), [ckpt], size=(320, 100))
+    g.nodes[loader - 1]["properties"]["models"] = [
+        {"name": ckpt, "url": MODEL_SOURCES[ckpt], "directory": "checkpoints"}]
+    return loader
+
+
 class Graph:
     """A tiny builder for the UI workflow format (nodes with links, widgets_values in schema order)."""
 
@@ -71,7 +94,7 @@ class Graph:
 
 def edit_workflow(ckpt, concepts, steps=50, seed=42, preview=True):
     g = Graph()
-    loader = g.add("CheckpointLoaderSimple", (20, 40), [ckpt], size=(320, 100))
+    loader = checkpoint_loader(g, ckpt)
     image = g.add("LoadImage", (20, 200), [SAMPLE_NAME, "image"], size=(320, 320))
     latent = g.add("VAEEncode", (380, 400), [], [("pixels", (image, 0)), ("vae", (loader, 2))], size=(200, 50))
     inversion = g.add("LeditsInversion", (380, 40), [steps, 0.15, "dpmpp_2m_sde", "karras", seed, "fixed", 3.5],
@@ -97,7 +120,7 @@ def prompt_edit_workflow(ckpt, caption, target, blend_words, steps=50, seed=42):
     """Prompt-to-Prompt on the photo: the caption encoded as the inversion's source, the Prompt Edit's source
     the same text, its output into the Sampler's prompt_edit; the local-blend mask in the Mask Preview."""
     g = Graph()
-    loader = g.add("CheckpointLoaderSimple", (20, 40), [ckpt], size=(320, 100))
+    loader = checkpoint_loader(g, ckpt)
     image = g.add("LoadImage", (20, 200), [SAMPLE_NAME, "image"], size=(320, 320))
     latent = g.add("VAEEncode", (380, 560), [], [("pixels", (image, 0)), ("vae", (loader, 2))], size=(200, 50))
     source = g.add("CLIPTextEncode", (380, 40), [caption], [("clip", (loader, 1))], size=(320, 140))
@@ -228,17 +251,17 @@ def sample_photo(path, size=512):
 
 
 WORKFLOWS = {
-    "ledits_edit_photo_sd15": ("LEDITS++: edit a photo (SD1.5)", "v1-5-pruned-emaonly.safetensors",
+    "ledits_edit_photo_sd15": ("LEDITS++: edit a photo (SD1.5)", SD15,
                                [("sunglasses", 6.0, 0.9, False), ("smile", 4.0, 0.9, False)]),
-    "ledits_edit_photo_sdxl": ("LEDITS++: edit a photo (SDXL)", "sd_xl_base_1.0.safetensors",
+    "ledits_edit_photo_sdxl": ("LEDITS++: edit a photo (SDXL)", SDXL,
                                [("sunglasses", 6.0, 0.9, False), ("beard", 5.0, 0.85, True)]),
-    "ledits_reconstruct_only": ("LEDITS++: invert and reconstruct (no edit)", "v1-5-pruned-emaonly.safetensors", []),
+    "ledits_reconstruct_only": ("LEDITS++: invert and reconstruct (no edit)", SD15, []),
 }
 
 
 PROMPT_EDITS = {
     "ledits_prompt_edit_sd15": ("LEDITS++: rewrite the caption (Prompt-to-Prompt, SD1.5)",
-                                "v1-5-pruned-emaonly.safetensors", "a photo of a smiling man in a blue shirt",
+                                SD15, "a photo of a smiling man in a blue shirt",
                                 "a photo of a smiling woman in a blue shirt", "man woman"),
 }
 

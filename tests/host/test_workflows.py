@@ -38,6 +38,28 @@ def test_workflow_has_no_missing_nodes(all_nodes, path):
                 assert links[inp["link"]][3] == node["id"]
 
 
+# The model folders a loader's file goes to, by node type (the frontend's missing-models dialog reads them).
+MODEL_DIRECTORIES = {"CheckpointLoaderSimple": "checkpoints"}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_names_its_models_as_the_host_templates_do(path):
+    """Each model loader lists the file its widget names in properties.models (name, https url, directory),
+    as the host's templates do; a workflow that loads no file (the toy one) lists none."""
+    workflow = json.loads(path.read_text())
+    listed = []
+    for node in workflow["nodes"]:
+        models = node.get("properties", {}).get("models", [])
+        listed += models
+        if node["type"] in MODEL_DIRECTORIES:
+            assert [m["name"] for m in models] == [node["widgets_values"][0]], f"{path.name}: node {node['id']}"
+            for model in models:
+                assert model["directory"] == MODEL_DIRECTORIES[node["type"]]
+                assert model["url"].startswith("https://") and model["name"] in model["url"]
+    if not any(node["type"] in MODEL_DIRECTORIES for node in workflow["nodes"]):
+        assert listed == [], f"{path.name} loads no model file but lists {listed}"
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_runs_headless(host, all_nodes, path):
     sys.path.insert(0, str(ROOT / "scripts"))
