@@ -49,3 +49,13 @@ def server(host):
     """The recording stand-in for the web server, emptied for this test."""
     host.SERVER.messages.clear()
     return host.SERVER
+
+
+@pytest.fixture(scope="session")
+def comfy_job_server():
+    """The host's own server (``python main.py``, this Python) on 127.0.0.1 with this pack, for the headless
+    job's tests (``scripts/comfy_client.py``: scratch base directory, stopped and removed at the end)."""
+    import comfy_client
+
+    with comfy_client.LocalServer(hostenv.host_path(), sys.executable) as server:
+        yield server

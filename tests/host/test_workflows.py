@@ -89,11 +89,13 @@ def node_is_toy(prompt):
     return any(n["class_type"] == "LeditsToyModel" for n in prompt.values())
 
 
-def test_headless_main_job_demo(host, tmp_path):
+def test_headless_main_job_demo(comfy_job_server, tmp_path):
+    """The README's main job (scripts/ledits_edit.py, a ComfyUI client) on the host's server: the demo's files."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import ledits_edit
 
-    assert ledits_edit.main(["--out", str(tmp_path), "--steps", "3", "--size", "64"]) == 0
+    assert ledits_edit.main(["--server", comfy_job_server.url, "--out", str(tmp_path), "--steps", "3",
+                             "--size", "64"]) == 0
     # the demo: one removal and one alteration, each in its own sampler on the one inversion
     for name in ("input", "reconstructed", "sheet", "edited_1", "edited_2", "masks_1", "masks_2",
                  "latent_change_1", "latent_change_2"):
@@ -101,13 +103,13 @@ def test_headless_main_job_demo(host, tmp_path):
     assert not (tmp_path / "edited.png").exists()
 
 
-def test_headless_job_edits_in_one_sampler(host, tmp_path):
+def test_headless_job_edits_in_one_sampler(comfy_job_server, tmp_path):
     """Given --edit, all edits run in one sampler (unless --each): one edited.png, masks.png."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import ledits_edit
 
-    assert ledits_edit.main(["--out", str(tmp_path), "--steps", "3", "--size", "64",
-                             "--edit", "-red circle:25:0.9", "--edit", "+green square:40:0.8"]) == 0
+    assert ledits_edit.main(["--server", comfy_job_server.url, "--out", str(tmp_path), "--steps", "3",
+                             "--size", "64", "--edit", "-red circle:25:0.9", "--edit", "+green square:40:0.8"]) == 0
     for name in ("input", "edited", "reconstructed", "masks", "latent_change", "sheet"):
         assert (tmp_path / f"{name}.png").is_file()
     assert not (tmp_path / "edited_1.png").exists()
