@@ -362,8 +362,9 @@ def check_server(client, prompt: dict, args) -> None:
                 "cd ComfyUI/custom_nodes && git clone <this repo> ledits_pp)") if ours else ""
         raise comfy_client.ServerError(f"ComfyUI at {client.url} has no node type {', '.join(missing)}{hint}")
     if args.ckpt:
-        names = client.get_json("/object_info/CheckpointLoaderSimple")["CheckpointLoaderSimple"]["input"][
-            "required"]["ckpt_name"][0]
+        spec = client.get_json("/object_info/CheckpointLoaderSimple")["CheckpointLoaderSimple"]["input"][
+            "required"]["ckpt_name"]
+        names = spec[0] if isinstance(spec[0], list) else spec[1].get("options", [])  # V1 list or V3 COMBO
         if Path(args.ckpt).name not in names:
             raise comfy_client.ServerError(f"ComfyUI at {client.url} has no checkpoint {Path(args.ckpt).name}: "
                                            "put the file into its models/checkpoints and try again")
