@@ -7,8 +7,9 @@
 #
 # For each host folder H it makes .venv/comfyui-<version>/ (version from H/comfyui_version.py) with
 # --system-site-packages, so torch and torchvision come from the interpreter that runs this script
-# (installed here from the machine's local wheels) and are not copied twice; the host's requirements
-# (minus torch, torchvision, torchaudio), torchaudio without dependencies (0.33.0 imports it at start-up), and this pack's test extra go into the venv. Prints "VERSION PATH-OF-PYTHON HOST" per host.
+# (installed here from the machine's local wheels) and are not copied twice. Into the venv go the
+# host's requirements (minus torch, torchvision, torchaudio), torchaudio without its dependencies
+# (0.33.0 imports it at start-up) and this pack's test extra. Prints "VERSION VENV-PYTHON HOST" per host.
 # The newest frontend (FRONTEND_VERSION) goes to .venv/frontends/<version>/; its static folder is what
 # `main.py --front-end-root` takes. Idempotent: a venv whose inputs did not change is kept as it is.
 set -euo pipefail
