@@ -19,7 +19,6 @@ const CONCEPT_COLOURS = [
   [255, 250, 200], [128, 0, 0], [170, 255, 195], [128, 128, 0],
 ];
 
-const PAD = 10;
 const GAP = 6;
 const LINE = 16;
 const MAX_THUMB = 128;
@@ -53,7 +52,6 @@ function fixSeedControl(node) {
   if (control) control.value = "fixed";
 }
 
-const fontSize = () => Math.min(12, globalThis.LiteGraph?.NODE_SUBTEXT_SIZE ?? 12);
 const rgb = (c) => `rgb(${c[0]},${c[1]},${c[2]})`;
 const colourOf = (index) => CONCEPT_COLOURS[index % CONCEPT_COLOURS.length];
 const classOf = (node) => node?.comfyClass ?? node?.type;
@@ -87,160 +85,180 @@ function chainedConcepts(sampler) {
 
 const conceptName = (c) => `${c.reverse ? "\u2212" : "+"}${c.label ?? c.text}`;
 
-/** Thumbnail layout for the node's current previews, or null when there are none. */
-function thumbLayout(node, width) {
-  const concepts = node.leditsLive?.concepts ?? [];
-  if (!concepts.length) return null;
-  const n = concepts.length;
-  const side = Math.max(16, Math.min(MAX_THUMB, (width - 2 * PAD - GAP * (n - 1)) / n));
-  return { side, height: side * (node.leditsLive.aspect ?? 1) };
-}
-
-function widgetHeight(node, width) {
-  const thumbs = thumbLayout(node, width);
-  return LINE + (thumbs ? LINE + thumbs.height + 4 : 0);
-}
-
-function fitText(ctx, text, maxWidth) {
-  if (ctx.measureText(text).width <= maxWidth) return text;
-  let cut = text;
-  while (cut.length > 1 && ctx.measureText(cut + "\u2026").width > maxWidth) cut = cut.slice(0, -1);
-  return cut + "\u2026";
-}
-
-function drawSummary(ctx, node, width, y) {
-  const state = node.leditsLive;
-  const midY = y + LINE / 2;
-  let right = width - PAD;
-  if (state?.total) {
-    ctx.textAlign = "right";
-    ctx.fillStyle = "#999";
-    const text = `${state.step + 1}/${state.total}`;
-    ctx.fillText(text, right, midY);
-    right -= ctx.measureText(text).width + GAP;
-  }
-  ctx.textAlign = "left";
+/** The summary line's parts: [[text, colour]], in chain order, or the prompt edit / no-concepts line. */
+function summaryParts(node) {
   const concepts = chainedConcepts(node);
   if (!concepts.length) {
-    ctx.fillStyle = "#888";
     const promptEdit = node.graph ? inputNode(node, "prompt_edit") : null;
     const target = promptEdit?.widgets?.find((w) => w.name === "target")?.value;
-    const line = promptEdit ? `${uiText("promptEdit")}${target ? `: ${String(target).trim()}` : ""}` : uiText("noConcepts");
-    ctx.fillText(fitText(ctx, line, right - PAD), PAD, midY);
-    return;
+    return [[promptEdit ? `${uiText("promptEdit")}${target ? `: ${String(target).trim()}` : ""}` : uiText("noConcepts"), "#888"]];
   }
-  let x = PAD;
-  for (const [i, c] of concepts.entries()) {
-    const parts = [[" \u00b7 ", "#888"], [`${conceptName(c)} ${c.scale.toFixed(1)}`, rgb(colourOf(i))]];
-    for (const [text, colour] of i ? parts : parts.slice(1)) {
-      const fitted = fitText(ctx, text, right - x);
-      ctx.fillStyle = colour;
-      ctx.fillText(fitted, x, midY);
-      x += ctx.measureText(fitted).width;
-      if (fitted !== text) return;
-    }
-  }
+  return concepts.flatMap((c, i) => [...(i ? [[" \u00b7 ", "#888"]] : []),
+    [`${conceptName(c)} ${c.scale.toFixed(1)}`, rgb(colourOf(i))]]);
 }
 
-function drawThumbs(ctx, node, width, y) {
+const el = (tag, style, text) => Object.assign(document.createElement(tag), { style, textContent: text ?? "" });
+
+/** The widget's element: a summary line (concepts, step n/N) over one thumbnail per concept. It is a DOM
+ * widget, so the canvas renderer and Nodes 2.0 (Vue) both show it. */
+function liveElement() {
+  const root = el("div", "display:flex;flex-direction:column;gap:2px;font:12px Arial,sans-serif;"
+    + "overflow:hidden;box-sizing:border-box;padding:0 4px;pointer-events:none");
+  root.className = "ledits-live";
+  const line = el("div", `display:flex;gap:${GAP}px;height:${LINE}px;line-height:${LINE}px;white-space:nowrap`);
+  const summary = el("div", "flex:1;overflow:hidden;text-overflow:ellipsis");
+  summary.className = "ledits-summary";
+  const progress = el("div", "color:#999");
+  progress.className = "ledits-progress";
+  const thumbs = el("div", `display:flex;gap:${GAP}px`);
+  thumbs.className = "ledits-thumbs";
+  line.append(summary, progress);
+  root.append(line, thumbs);
+  return root;
+}
+
+/** Refresh the summary line from the graph (cheap: the DOM is touched only when the text changed). */
+function updateSummary(node) {
+  const summary = node.leditsView?.querySelector(".ledits-summary");
+  if (!summary) return;
+  const parts = summaryParts(node);
+  const key = JSON.stringify(parts);
+  if (summary.dataset.key === key) return;
+  summary.dataset.key = key;
+  summary.replaceChildren(...parts.map(([text, colour]) => el("span", `color:${colour}`, text)));
+  summary.title = parts.map(([text]) => text).join("");
+}
+
+function thumbSide(node, n) {
+  const width = node.size?.[0] ?? 300;
+  return Math.floor(Math.max(16, Math.min(MAX_THUMB, (width - 30 - GAP * (n - 1)) / n)));
+}
+
+/** One thumbnail per concept (dark until its first picture arrives); the old ones are removed. */
+function buildThumbs(node) {
   const state = node.leditsLive;
-  const layout = thumbLayout(node, width);
-  if (!layout) return;
-  let drawn = 0;
-  for (const [i, c] of state.concepts.entries()) {
-    const x = PAD + i * (layout.side + GAP);
-    ctx.fillStyle = rgb(c.colour);
-    ctx.textAlign = "left";
-    ctx.fillText(fitText(ctx, conceptName(c), layout.side), x, y + LINE / 2);
-    const top = y + LINE;
-    if (c.img?.complete && c.img.naturalWidth) {
-      ctx.drawImage(c.img, x, top, layout.side, layout.height);
-      drawn += 1;
-    } else {
-      ctx.fillStyle = "#222";
-      ctx.fillRect(x, top, layout.side, layout.height);
-    }
-    ctx.strokeStyle = rgb(c.colour);
-    ctx.lineWidth = c.active === false ? 1 : 2;
-    ctx.globalAlpha = c.active === false ? 0.4 : 1;
-    ctx.strokeRect(x, top, layout.side, layout.height);
-    ctx.globalAlpha = 1;
-  }
-  if (drawn) state.drawnImages = drawn;
+  const thumbs = node.leditsView.querySelector(".ledits-thumbs");
+  const side = thumbSide(node, state.concepts.length);
+  thumbs.replaceChildren(...state.concepts.map((c) => {
+    const figure = el("figure", `margin:0;width:${side}px`);
+    figure.className = "ledits-thumb";
+    c.caption = el("figcaption", `color:${rgb(c.colour)};height:${LINE}px;line-height:${LINE}px;`
+      + "white-space:nowrap;overflow:hidden;text-overflow:ellipsis", conceptName(c));
+    c.img = el("img", `display:block;box-sizing:border-box;width:${side}px;height:${Math.round(side * state.aspect)}px;`
+      + `background:#222;border:2px solid ${rgb(c.colour)};object-fit:fill`);
+    c.img.alt = conceptName(c);
+    figure.append(c.caption, c.img);
+    return figure;
+  }));
+  fitNode(node);
+}
+
+/** The widget's height in the node: the summary line, and the thumbnails when there are some. */
+function liveHeight(node) {
+  const state = node.leditsLive;
+  if (!state?.concepts.length) return LINE + 4;
+  return 2 * LINE + Math.round(thumbSide(node, state.concepts.length) * state.aspect) + 8;
+}
+
+/** Grow the node (never shrink it) so that the previews fit, in either renderer. */
+function fitNode(node) {
+  const height = node.computeSize?.()[1];
+  if (height && node.size && height > node.size[1]) node.setSize?.([node.size[0], height]);
+  redraw(node);
 }
 
 function liveWidget(node) {
-  return {
-    name: WIDGET,
-    type: WIDGET,
-    value: null,
-    serialize: false, // not in widgets_values
-    options: { serialize: false }, // not in the queued prompt
-    computeSize(width) {
-      const w = width ?? node.size[0];
-      return [w, widgetHeight(node, w)];
-    },
-    draw(ctx, drawnNode, width, y) {
-      ctx.save();
-      ctx.font = `${fontSize()}px Arial`;
-      ctx.textBaseline = "middle";
-      drawSummary(ctx, drawnNode, width, y);
-      drawThumbs(ctx, drawnNode, width, y + LINE);
-      ctx.restore();
-    },
-  };
+  node.leditsView = liveElement();
+  const widget = node.addDOMWidget(WIDGET, WIDGET, node.leditsView, {
+    serialize: false, // not in the queued prompt
+    hideOnZoom: false,
+    getValue: () => "",
+    setValue: () => {},
+    getMinHeight: () => liveHeight(node),
+    getMaxHeight: () => liveHeight(node),
+    onDraw: () => updateSummary(node), // the canvas renderer, every frame the node is drawn
+  });
+  widget.serialize = false; // not in widgets_values
+  updateSummary(node);
+  return widget;
 }
+
+const rootGraph = () => app.rootGraph ?? app.graph;
 
 /** A node by its execution id ("7", or "12:7" inside a subgraph), if it is a LEDITS Sampler. */
 function samplerById(id) {
-  let graph = app.graph;
+  let graph = rootGraph();
   let node = null;
   for (const part of String(id).split(":")) {
     node = graph?.getNodeById(part) ?? graph?.getNodeById(Number(part));
     if (!node) return null;
     graph = node.subgraph;
   }
-  return classOf(node) === SAMPLER ? node : null;
+  return classOf(node) === SAMPLER && node.leditsView ? node : null;
 }
 
 function redraw(node) {
   node.setDirtyCanvas?.(true, true);
-  app.graph?.setDirtyCanvas(true, true);
+  app.canvas?.setDirty?.(true, true);
+}
+
+/** Every LEDITS Sampler of the workflow, subgraphs included. */
+function allSamplers(graph = rootGraph(), seen = new Set()) {
+  if (!graph || seen.has(graph)) return [];
+  seen.add(graph);
+  return (graph.nodes ?? []).flatMap((node) => [
+    ...(classOf(node) === SAMPLER && node.leditsView ? [node] : []),
+    ...(node.subgraph ? allSamplers(node.subgraph, seen) : []),
+  ]);
+}
+
+function showProgress(node) {
+  const state = node.leditsLive;
+  node.leditsView.querySelector(".ledits-progress").textContent = state?.total ? `${state.step + 1}/${state.total}` : "";
 }
 
 function onStart({ detail }) {
   const node = samplerById(detail.node);
   if (!node) return;
-  const concepts = detail.concepts.map((c) => ({ ...c, active: true, img: null }));
-  node.leditsLive = { step: null, total: null, concepts, received: 0, drawnImages: 0, aspect: 1 };
-  redraw(node);
+  const concepts = detail.concepts.map((c) => ({ ...c, active: true }));
+  node.leditsLive = { step: null, total: null, concepts, aspect: node.leditsLive?.aspect ?? 1 };
+  buildThumbs(node);
+  showProgress(node);
+  updateSummary(node);
+}
+
+/** Show a step's picture for one concept once it is decoded (the previous one stays until then: no flicker). */
+function showPicture(node, state, slot, step, url) {
+  const next = new Image();
+  next.onload = () => {
+    if (state !== node.leditsLive || step < (slot.shownStep ?? -1)) return; // a newer run or step won
+    slot.shownStep = step;
+    const aspect = next.naturalHeight / next.naturalWidth;
+    slot.img.src = url;
+    if (Math.abs(aspect - state.aspect) > 1e-3) {
+      state.aspect = aspect; // the thumbnails take the latent's aspect ratio
+      for (const c of state.concepts) c.img.style.height = `${Math.round(thumbSide(node, state.concepts.length) * aspect)}px`;
+      fitNode(node);
+    }
+  };
+  next.src = url;
 }
 
 function onStep({ detail }) {
   const node = samplerById(detail.node);
   if (!node) return;
-  if (!node.leditsLive || node.leditsLive.concepts.length !== detail.concepts.length) {
-    onStart({ detail });
-  }
+  if (!node.leditsLive || node.leditsLive.concepts.length !== detail.concepts.length) onStart({ detail });
   const state = node.leditsLive;
-  state.step = detail.step;
-  state.total = detail.total;
-  state.received += 1;
+  Object.assign(state, { step: detail.step, total: detail.total });
   for (const [i, c] of detail.concepts.entries()) {
     const slot = state.concepts[i];
     Object.assign(slot, { label: c.label, reverse: c.reverse, colour: c.colour, active: c.active });
-    const img = new Image();
-    const step = detail.step;
-    img.onload = () => {
-      if (state !== node.leditsLive || step < (slot.shownStep ?? -1)) return; // a newer run or step won
-      slot.img = img; // the previous image stays until this one is ready: no flicker
-      slot.shownStep = step;
-      state.aspect = img.naturalHeight / img.naturalWidth;
-      redraw(node);
-    };
-    img.src = c.image;
+    slot.img.style.opacity = c.active === false ? "0.4" : "1";
+    slot.caption.textContent = conceptName(slot);
+    showPicture(node, state, slot, detail.step, c.image);
   }
-  redraw(node);
+  showProgress(node);
+  updateSummary(node);
 }
 
 app.registerExtension({
@@ -248,6 +266,8 @@ app.registerExtension({
   async setup() {
     api.addEventListener("ledits.start", onStart);
     api.addEventListener("ledits.step", onStep);
+    // Nodes 2.0 draws no canvas frames: refresh the summaries whenever the workflow changes.
+    api.addEventListener("graphChanged", () => allSamplers().forEach(updateSummary));
     await loadStrings();
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
@@ -268,7 +288,7 @@ app.registerExtension({
     };
     nodeType.prototype.onNodeCreated = function () {
       const result = onNodeCreated?.apply(this, arguments);
-      this.addCustomWidget(liveWidget(this));
+      liveWidget(this);
       return result;
     };
   },
