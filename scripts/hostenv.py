@@ -1,4 +1,4 @@
-"""Import the real ComfyUI host in-process and drive it (tests, the headless edit, benchmarks).
+"""Import the real ComfyUI host in-process and drive it (host tests, benchmarks, help pictures, toy tools).
 
 * The host is looked for at ``$COMFYUI_PATH`` when it is set (and only there), else at ``~/ComfyUI``,
   else in ``../shared/`` next to this repository: ``ComfyUI-0.33.0`` (today's host), then ``ComfyUI``

@@ -35,14 +35,47 @@ import tempfile
 import uuid
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+# What this job itself needs (the server's Python needs the host's requirements too).
+JOB_MODULES = ("numpy", "PIL", "torch", "websocket", "safetensors")
+
+
+def run_in_host_venv(argv) -> None:
+    """On a machine where this Python lacks what the job needs (a fresh one), re-run the job with the host's
+    venv of this repository (``.venv/comfyui-<version>/``), making it first with scripts/setup_hosts.sh.
+    A Python that has the modules (the user's own ComfyUI environment) runs the job itself."""
+    import importlib.util
+
+    missing = [name for name in JOB_MODULES if importlib.util.find_spec(name) is None]
+    if not missing:
+        return
+    import hostenv
+
+    host = hostenv.find_host()
+    if host is None:
+        return  # main() says where the host was looked for and how to get one
+    venv_python = HERE.parent / ".venv" / f"comfyui-{hostenv.host_version(host)}" / "bin" / "python"
+    if Path(sys.executable).absolute() == venv_python.absolute():
+        raise SystemExit(f"{venv_python} lacks {', '.join(missing)}: re-run bash scripts/setup_hosts.sh")
+    if not venv_python.is_file():
+        print(f"[ledits_edit] this Python lacks {', '.join(missing)}: making the venv for ComfyUI at {host} "
+              "(scripts/setup_hosts.sh; once, a few minutes)", file=sys.stderr, flush=True)
+        made = subprocess.run(["bash", str(HERE / "setup_hosts.sh")], env=dict(os.environ, HOSTS=str(host)),
+                              stdout=subprocess.DEVNULL)
+        if made.returncode != 0 or not venv_python.is_file():
+            raise SystemExit(f"could not make the venv for ComfyUI at {host}: run bash scripts/setup_hosts.sh "
+                             "and look at its messages")
+    os.execv(str(venv_python), [str(venv_python), str(Path(__file__).resolve()), *argv])
+
+
+if __name__ == "__main__":
+    run_in_host_venv(sys.argv[1:])
 
 import comfy_client  # noqa: E402
 import hostenv  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 SAMPLE = HERE.parent / "assets" / "ledits_sample.png"
 RANDOM_EDITS = ["+sunglasses:8:0.8", "-smile:6:0.9"]

@@ -39,18 +39,21 @@ def check_demo_files(out: Path, side: int) -> None:
     assert not (out / "edited.png").exists()
 
 
-def test_the_job_starts_its_own_server_at_the_demo_defaults(host, tmp_path, caplog):
+def test_the_job_starts_its_own_server_at_the_demo_defaults(host, tmp_path, caplog, monkeypatch):
     """The README's command: a local server started and stopped by the job, the toy demo at its defaults
     (128 px, 20 steps): every file, exact reconstruction, and the scene's figures from the returned files."""
     caplog.set_level(logging.INFO)
-    scratch = set(Path(tempfile.gettempdir()).glob("ledits_comfy_*"))
+    temp = tmp_path / "temp"  # the job's own temp folder: other jobs on the machine cannot fill it
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    scratch = set(temp.glob("ledits_comfy_*"))
     assert ledits_edit.main(["--out", str(tmp_path), "--python", sys.executable]) == 0
     check_demo_files(tmp_path, 128)
     assert logged_figure(caplog, r"reconstruction without edits: max abs latent error (\S+)") <= 1e-4
     assert logged_figure(caplog, r"edit 1: mean latent change: \S+ inside the masks, (\S+) outside") >= 0
     assert logged_figure(caplog, r"share of the object's colour pixels gone: (\S+)") >= 0.5
     assert logged_figure(caplog, r"alteration: new-colour pixels rise inside / elsewhere: (\S+)") >= 3
-    assert set(Path(tempfile.gettempdir()).glob("ledits_comfy_*")) <= scratch, "the job left its scratch base"
+    assert set(temp.glob("ledits_comfy_*")) <= scratch, "the job left its scratch base"
 
 
 def test_the_job_on_a_running_server(comfy_job_server, tmp_path, caplog):
@@ -138,5 +141,7 @@ def test_saved_latents_are_the_hosts_raw_samples(host, comfy_job_server, tmp_pat
     client = comfy_client.ComfyClient(comfy_job_server.url)
     prompt["load"]["inputs"]["image"] = client.upload_image(image, "ledits_test_scene.png")
     remote = ledits_edit.fetch_results(client, client.run(prompt), saved)["encode"][0]["samples"]
-    # equal up to float32 rounding (two processes, their own thread counts); a scale factor would be 0.18215
-    assert remote.shape == local.shape and (remote - local).abs().max().item() <= 1e-5
+    # equal up to float32 rounding: two processes with their own thread counts run other conv kernels (seen:
+    # 7e-5 of the latent's largest value); a scale factor (0.18215) would be off by 80 % of it
+    assert remote.shape == local.shape
+    assert (remote - local).abs().max().item() <= 1e-4 * local.abs().max().item()
