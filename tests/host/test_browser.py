@@ -17,6 +17,8 @@ pictures (docs/graph.png, docs/graph_zh.png) and the help pages' pictures of the
 (web/docs/images/<lang>/*.png); the Chinese ones need a CJK font (Debian: fonts-noto-cjk).
 """
 
+import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -25,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -60,9 +63,68 @@ USER_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Notification.ShowVersio
 # Console errors the host frontend itself produces on a fresh, offline install (optional files it
 # probes for, and the update check); anything else, above all from our web/ files, fails the test.
 HOST_OPTIONAL_URLS = ("/user.css", "/favicon.ico", "/api/userdata", "/api/settings/", "https://api.comfy.org/")
+URL_IN_TEXT = re.compile(r"https?://[^\s'\"()]+")
+LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+VUE_SETTING = "Comfy.VueNodes.Enabled"
+# What the frontend logs when such a probe fails (the model sizes of the missing-models dialog).
+HOST_OFFLINE_MESSAGES = ("Error fetching file size",)
 # The help panel asks for docs/<NodeId>/<locale>.md first and falls back to docs/<NodeId>.md: in English
 # that first request is a 404 by design (the English page is docs/<NodeId>.md).
 HELP_PROBE = re.compile(rf"/extensions/{PACK}/docs/\w+/en\.md$")
+
+
+
+class Frontend:
+    """A frontend of the range: the host's pinned one (root None) or a static folder for --front-end-root."""
+
+    def __init__(self, root):
+        if root is None:
+            spec = importlib.util.find_spec("comfyui_frontend_package")
+            static = Path(spec.origin).parent / "static" if spec else None
+            version = importlib.metadata.version("comfyui-frontend-package") if spec else "pinned"
+        else:
+            static = Path(root)
+            infos = sorted(static.parent.parent.glob("comfyui_frontend_package-*.dist-info"))
+            version = infos[-1].name.split("-")[1].removesuffix(".dist-info") if infos else static.parent.parent.name
+        self.root, self.static, self.version = root, static, version
+
+    def has_setting(self, key):
+        """Whether the frontend's code mentions a setting id (read once from its bundled JS)."""
+        needle = key.encode()
+        return any(needle in f.read_bytes() for f in sorted((self.static / "assets").glob("*.js"))) if self.static else True
+
+
+FRONTENDS = [Frontend(None)] + [Frontend(r) for r in os.environ.get("LEDITS_FRONTEND_ROOTS", "").split(os.pathsep) if r]
+RENDERERS = ("canvas", "vue")
+
+
+def pytest_generate_tests(metafunc):
+    """Every browser check on each frontend (the pinned one, then LEDITS_FRONTEND_ROOTS) and renderer: one
+    server per frontend, shared by both renderers. A test that takes `canvas_only` runs under the canvas
+    renderer alone: what it checks does not depend on how nodes are drawn."""
+    if "frontend" in metafunc.fixturenames:
+        metafunc.parametrize("frontend", FRONTENDS, ids=[f.version for f in FRONTENDS], indirect=True, scope="module")
+    if "renderer" in metafunc.fixturenames:
+        renderers = ("canvas",) if "canvas_only" in metafunc.fixturenames else RENDERERS
+        metafunc.parametrize("renderer", renderers, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def frontend(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def renderer(request, frontend):
+    if request.param == "vue" and not frontend.has_setting(VUE_SETTING):
+        pytest.skip(f"frontend {frontend.version} has no {VUE_SETTING} setting: no Nodes 2.0 to test")
+    return request.param
+
+
+@pytest.fixture
+def canvas_only():
+    """Marker fixture: see pytest_generate_tests."""
+
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install playwright")
 
@@ -110,8 +172,9 @@ class ComfyServer:
 
 
 @pytest.fixture(scope="module")
-def comfy_server(host, random_checkpoint, tmp_path_factory):
-    """The real ComfyUI server (python main.py --cpu) on 127.0.0.1 with this pack as a custom node."""
+def comfy_server(host, random_checkpoint, frontend, tmp_path_factory):
+    """The real ComfyUI server (python main.py --cpu) on 127.0.0.1 with this pack as a custom node, serving
+    that frontend."""
     base = tmp_path_factory.mktemp("comfy_base")
     for sub in ("custom_nodes", "models/checkpoints", "input", "output", "temp", "user/default"):
         (base / sub).mkdir(parents=True)
@@ -122,7 +185,7 @@ def comfy_server(host, random_checkpoint, tmp_path_factory):
     shutil.copy(ROOT / "assets" / "ledits_toy_scene.png", base / "input")  # the toy workflow's scene
     (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(USER_SETTINGS))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log_path = ARTIFACTS / "comfy_server.log"
+    log_path = ARTIFACTS / f"comfy_server_{frontend.version}.log"
     port = _free_port()
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     if os.environ.get("COMFYUI_TEST_THREADS"):
@@ -130,6 +193,8 @@ def comfy_server(host, random_checkpoint, tmp_path_factory):
     command = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
                "--base-directory", str(base), "--database-url", f"sqlite:///{base / 'user' / 'comfyui.db'}",
                "--disable-auto-launch", "--disable-api-nodes"]
+    if frontend.root:
+        command += ["--front-end-root", str(frontend.root)]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=host.host_path(), env=env, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL)
@@ -149,6 +214,20 @@ def comfy_server(host, random_checkpoint, tmp_path_factory):
 class Console:
     """Browser console errors and uncaught page errors, minus the host's known offline noise."""
 
+    @staticmethod
+    def _offline_probe(text, url):
+        """The frontend reaching for the internet (model sizes of its templates, release notes): every URL
+        the message names is off this machine, and none is one of our /extensions/ files."""
+        if f"/extensions/{PACK}/" in url:
+            return False
+        if text.startswith(HOST_OFFLINE_MESSAGES):
+            return True
+        named = URL_IN_TEXT.findall(text)
+        if text.startswith("Failed to load resource") and urllib.parse.urlsplit(url).hostname not in LOCAL_HOSTS:
+            return True
+        return (bool(named) and f"/extensions/{PACK}/" not in text + url
+                and all(urllib.parse.urlsplit(u).hostname not in LOCAL_HOSTS for u in named))
+
     def __init__(self, page):
         self.errors = []
         page.on("console", self._on_console)
@@ -161,25 +240,65 @@ class Console:
         if message.text.startswith("Failed to load resource") and (
                 any(u in url for u in HOST_OPTIONAL_URLS) or HELP_PROBE.search(url)):
             return
+        if self._offline_probe(message.text, url):
+            return
         self.errors.append(f"{message.text} ({url})")
 
 
 @pytest.fixture(scope="module")
-def browser_page(comfy_server):
-    """A headless Chromium page with the ComfyUI frontend loaded; yields (page, Console)."""
+def browser_page(comfy_server, frontend, renderer):
+    """A headless Chromium page with the ComfyUI frontend loaded in that renderer (the setting
+    Comfy.VueNodes.Enabled, set through the frontend's settings API, then the page reloaded); yields
+    (page, Console)."""
     if not CHROMIUM.is_file():
-        pytest.skip(f"Chromium not found at {CHROMIUM}: apt-get install chromium (or set LEDITS_CHROMIUM)")
+        pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install chromium (or set LEDITS_CHROMIUM)")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport=VIEWPORT)
             console = Console(page)
             page.goto(comfy_server.url)
-            page.wait_for_function("() => window.app?.graph && window.app.extensions?.length", timeout=60_000)
-            page.wait_for_function("() => LiteGraph.registered_node_types['LeditsSampler']", timeout=30_000)
+            wait_for_app(page)
+            page.evaluate("async ([key, on]) => { await app.extensionManager.setting.set(key, on); }",
+                          [VUE_SETTING, renderer == "vue"])
+            page.reload()
+            wait_for_app(page)
+            assert page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ ?? null") in (frontend.version, None)
+            assert page.evaluate("(key) => app.extensionManager.setting.get(key)", VUE_SETTING) == (renderer == "vue")
+            if renderer == "vue" and not vue_shows_dom_widgets(page):
+                pytest.skip(f"frontend {frontend.version}: its Nodes 2.0 (experimental there) shows no DOM widget at "
+                            "all, not even the host's own prompt box of CLIP Text Encode: live previews cannot show")
             yield page, console
         finally:
             browser.close()
+
+
+def wait_for_app(page):
+    page.wait_for_function("() => window.app?.graph && window.app.extensions?.length", timeout=60_000)
+    page.wait_for_function("() => LiteGraph.registered_node_types['LeditsSampler']", timeout=30_000)
+
+
+def shot(page, frontend, renderer, name):
+    return str(ARTIFACTS / f"browser_{frontend.version}_{renderer}_{name}.png")
+
+
+def vue_shows_dom_widgets(page):
+    """Whether Nodes 2.0 puts DOM widgets in its nodes: the host's CLIP Text Encode shows its prompt box."""
+    shown = page.evaluate("""async () => {
+        app.graph.clear();
+        const node = LiteGraph.createNode("CLIPTextEncode");
+        app.graph.add(node);
+        await new Promise((r) => setTimeout(r, 1000));
+        const found = !!document.querySelector(`[data-node-id="${node.id}"] textarea`);
+        app.graph.clear();
+        return found;
+    }""")
+    return shown
+
+
+def vue_nodes_shown(page):
+    """Nodes 2.0 draws each node as a DOM element with data-node-id; the canvas renderer draws none."""
+    return page.evaluate("() => document.querySelectorAll('[data-node-id]').length") > 0
 
 
 @pytest.fixture(autouse=True)
@@ -240,8 +359,21 @@ def untangle(page):
     }""")
 
 
+def models_named(workflow):
+    return [m["name"] for n in workflow["nodes"] for m in n.get("properties", {}).get("models", [])]
+
+
+def close_dialogs(page):
+    for _ in range(3):
+        if not open_dialogs(page):
+            return
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(300)
+    assert not open_dialogs(page), f"a dialog that does not close: {open_dialogs(page)}"
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
-def test_example_workflow_loads_in_the_ui(browser_page, path):
+def test_example_workflow_loads_in_the_ui(browser_page, frontend, renderer, path):
     page, console = browser_page
     workflow = json.loads(path.read_text())
     load_workflow(page, workflow)
@@ -250,7 +382,14 @@ def test_example_workflow_loads_in_the_ui(browser_page, path):
     assert len(state) == len(workflow["nodes"])
     assert all(n["known"] and not n["errors"] for n in state), f"nodes the UI does not know: {state}"
     dialogs = open_dialogs(page)
-    assert not any("missing" in d.lower() for d in dialogs), f"missing-node dialog: {dialogs}"
+    assert not any("node" in d.lower() and "missing" in d.lower() for d in dialogs), f"missing-node dialog: {dialogs}"
+    models = models_named(workflow)
+    if models:  # frontends that show a missing-models dialog must name the file the user has to fetch
+        assert all(all(m in d for m in models) for d in dialogs), f"dialogs that do not name {models}: {dialogs}"
+    else:
+        assert not dialogs, f"the toy workflow needs no download, yet: {dialogs}"
+    close_dialogs(page)
+    assert vue_nodes_shown(page) == (renderer == "vue"), f"{renderer} renderer expected"
     sampler = next(n for n in workflow["nodes"] if n["type"] == "LeditsSampler")
     saved = page.evaluate("(id) => app.graph.serialize().nodes.find((n) => n.id === id).widgets_values", sampler["id"])
     assert saved == sampler["widgets_values"], "the live preview widget must not be saved in the workflow"
@@ -259,33 +398,79 @@ def test_example_workflow_loads_in_the_ui(browser_page, path):
     if path == EDIT_WORKFLOW:
         summary = page.evaluate("(id) => app.graph.getNodeById(id).leditsConceptSummary()", sampler["id"])
         assert summary == "+sunglasses 6.0 \u00b7 +smile 4.0"
+        shown = page.locator(f'[data-node-id="{sampler["id"]}"] .ledits-summary' if renderer == "vue" else ".ledits-summary")
+        assert shown.first.inner_text() == summary, "the summary line the user sees"
     untangle(page)
-    page.screenshot(path=str(ARTIFACTS / f"browser_load_{path.stem}.png"), clip=fit_graph(page))
-    if path == PROMPT_EDIT_WORKFLOW:
+    page.screenshot(path=shot(page, frontend, renderer, f"load_{path.stem}"), clip=fit_graph(page))
+    if path == PROMPT_EDIT_WORKFLOW and renderer == "canvas":
         save_ui_picture(page, prompt_edit_picture_nodes(workflow), "en", "prompt_edit")
     assert not console.errors, "browser console errors:\n" + "\n".join(console.errors)
 
 
-def edit_workflow():
-    """The shipped SD1.5 edit workflow with the random checkpoint and a short inversion."""
+def edit_workflow(first_scale=None):
+    """The shipped SD1.5 edit workflow with the random checkpoint (no download named) and a short inversion;
+    first_scale: another scale for the first concept (the edit runs again, the inversion stays cached)."""
     workflow = json.loads(EDIT_WORKFLOW.read_text())
+    concepts = [n for n in workflow["nodes"] if n["type"] == "LeditsConceptEdit"]
     for node in workflow["nodes"]:
         if node["type"] == "CheckpointLoaderSimple":
             node["widgets_values"][0] = CHECKPOINT
+            node.get("properties", {}).pop("models", None)
         if node["type"] == "LeditsInversion":
             node["widgets_values"][0] = EDIT_STEPS
+    if first_scale is not None:
+        concepts[0]["widgets_values"][2] = first_scale
     return workflow
 
 
-def test_live_previews_while_the_edit_runs(browser_page, comfy_server):
+def colour_pixels(png_path, colour, tolerance=40):
+    """How many pixels of a screenshot are within tolerance of a colour (per channel)."""
+    picture = Image.open(png_path).convert("RGB")
+    return sum(1 for px in picture.getdata() if all(abs(a - b) <= tolerance for a, b in zip(px, colour, strict=True)))
+
+
+def check_previews_seen(page, frontend, renderer, sampler, labels, colours):
+    """What the user sees on the sampler: one loaded picture per concept, on screen, framed in the concept's
+    colour, and the summary line with the last step."""
+    root = page.locator(f'[data-node-id="{sampler}"] .ledits-live' if renderer == "vue" else ".ledits-live").first
+    images = root.locator("img")
+    page.wait_for_function("""(sel) => { const imgs = [...document.querySelectorAll(sel)];
+        return imgs.length && imgs.every((i) => i.complete && i.naturalWidth > 0); }""",
+                           arg=".ledits-live img", timeout=10_000)
+    assert images.count() == len(labels)
+    viewport = page.viewport_size
+    for i, (label, colour) in enumerate(zip(labels, colours, strict=True)):
+        image = images.nth(i)
+        assert image.is_visible()
+        natural = image.evaluate("(img) => [img.naturalWidth, img.naturalHeight]")
+        assert max(natural) == 128, natural
+        box = image.bounding_box()
+        assert box and box["width"] >= 16 and box["x"] >= 0 and box["y"] >= 0
+        assert box["x"] + box["width"] <= viewport["width"] and box["y"] + box["height"] <= viewport["height"]
+        path = shot(page, frontend, renderer, f"preview_{i}")
+        image.screenshot(path=path)
+        assert colour_pixels(path, colour) >= box["width"], f"{label}: no frame in its colour on screen"
+        caption = root.locator("figcaption").nth(i).inner_text()
+        assert caption.endswith(label)
+    assert root.locator(".ledits-progress").inner_text() == f"{EDIT_STEPS}/{EDIT_STEPS}"
+
+
+def test_live_previews_while_the_edit_runs(browser_page, comfy_server, frontend, renderer):
+    """The SD1.5 edit, queued from the UI, streams one live preview per step to the LEDITS Sampler, which shows
+    them (pictures on screen), keeps them after the run and SaveImage writes the result. Under Nodes 2.0 the
+    first concept's scale differs, so only the edit runs again (the inversion is cached on the server)."""
     page, console = browser_page
-    workflow = edit_workflow()
+    workflow = edit_workflow(first_scale=None if renderer == "canvas" else 5.5)
     sampler = next(n["id"] for n in workflow["nodes"] if n["type"] == "LeditsSampler")
     load_workflow(page, workflow)
     page.evaluate("""() => {
         const api = window.comfyAPI.api.api;
-        window.__ledits = {starts: 0, steps: [], done: null};
-        api.addEventListener("ledits.start", () => { window.__ledits.starts += 1; });
+        window.__ledits = {starts: 0, steps: [], done: null, shownAtStart: null};
+        api.addEventListener("ledits.start", () => {
+            window.__ledits.starts += 1;
+            // The frontend's own handler ran first (registered at setup): the old pictures are gone.
+            window.__ledits.shownAtStart = [...document.querySelectorAll(".ledits-live img")].filter((i) => i.src).length;
+        });
         api.addEventListener("ledits.step", (e) => { window.__ledits.steps.push(e.detail.step); });
         api.addEventListener("execution_success", () => { window.__ledits.done = "success"; });
         api.addEventListener("execution_error", (e) => { window.__ledits.done = "error: " + JSON.stringify(e.detail); });
@@ -294,43 +479,29 @@ def test_live_previews_while_the_edit_runs(browser_page, comfy_server):
     page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
     page.wait_for_function("() => window.__ledits.steps.length > 0", timeout=RUN_S * 1000)
     untangle(page)
-    page.screenshot(path=str(ARTIFACTS / "browser_edit_running.png"), clip=fit_graph(page))
+    page.screenshot(path=shot(page, frontend, renderer, "edit_running"), clip=fit_graph(page))
     page.wait_for_function("() => window.__ledits.done !== null", timeout=RUN_S * 1000)
     run_s = time.monotonic() - started
     received = page.evaluate("() => window.__ledits")
     assert received["done"] == "success", f"{received['done']}\n{comfy_server.log_tail()}"
     assert received["starts"] == 1
+    assert received["shownAtStart"] == 0, "a new run starts with no old pictures"
     assert received["steps"] == list(range(EDIT_STEPS)), "one ledits.step per step, in order"
-
-    page.wait_for_function("""(id) => {
-        const live = app.graph.getNodeById(id).leditsLive;
-        return live.concepts.every((c) => c.img?.complete && c.img.naturalWidth > 0);
-    }""", arg=sampler, timeout=10_000)
-    fit_graph(page)  # draws the canvas once more, with every preview loaded
-    live = page.evaluate("""(id) => {
-        const live = app.graph.getNodeById(id).leditsLive;
-        return {step: live.step, total: live.total, received: live.received, drawn: live.drawnImages,
-                concepts: live.concepts.map((c) => ({label: c.label, colour: c.colour, width: c.img.naturalWidth,
-                                                      height: c.img.naturalHeight}))};
-    }""", sampler)
-    assert (live["step"], live["total"], live["received"]) == (EDIT_STEPS - 1, EDIT_STEPS, EDIT_STEPS)
-    assert [c["label"] for c in live["concepts"]] == ["sunglasses", "smile"]
-    assert [c["colour"] for c in live["concepts"]] == [[230, 25, 75], [60, 180, 75]]
-    assert all(max(c["width"], c["height"]) == 128 for c in live["concepts"])
-    assert live["drawn"] == 2, "the sampler node drew both previews on the canvas"
+    page.wait_for_timeout(500)  # SaveImage / Mask Preview show their images
+    untangle(page)
+    fit_graph(page)
+    check_previews_seen(page, frontend, renderer, sampler, ["sunglasses", "smile"], [[230, 25, 75], [60, 180, 75]])
 
     history = _get(f"{comfy_server.url}/api/history")
-    outputs = next(iter(history.values()))["outputs"]
+    outputs = list(history.values())[-1]["outputs"]  # the host keeps them in the order they ran
     image = outputs["9"]["images"][0]
     assert (comfy_server.base / "output" / image["subfolder"] / image["filename"]).is_file()
     assert outputs["10"]["images"], "the LEDITS Mask Preview showed its panels"
-
-    page.wait_for_timeout(500)  # SaveImage / Mask Preview show their images
-    untangle(page)
-    page.screenshot(path=str(ARTIFACTS / "browser_edit_done.png"), clip=fit_graph(page))
-    save_help_pictures(page, workflow, "en")
-    if UPDATE_DOCS:  # refresh the README's picture on request only
-        shutil.copy(ARTIFACTS / "browser_edit_done.png", ROOT / "docs" / "graph.png")
+    page.screenshot(path=shot(page, frontend, renderer, "edit_done"), clip=fit_graph(page))
+    if renderer == "canvas":
+        save_help_pictures(page, workflow, "en")
+        if UPDATE_DOCS:  # refresh the README's picture on request only
+            shutil.copy(shot(page, frontend, renderer, "edit_done"), ROOT / "docs" / "graph.png")
     print(f"[browser] queued edit ran in {run_s:.1f} s ({EDIT_STEPS} steps, {PHOTO_SIDE} px photo)")
     assert not console.errors, "browser console errors:\n" + "\n".join(console.errors)
 
@@ -445,51 +616,103 @@ def set_locale(page, locale):
     page.wait_for_timeout(300)
 
 
+NODE_LIBRARY = "Workspace.ToggleSidebarTab.node-library"
+
+
+def run_command(page, command):
+    page.evaluate("async (id) => { await app.extensionManager.command.execute(id); }", command)
+    page.wait_for_timeout(300)
+
+
+def nearest(locator, box):
+    """Of the visible elements a locator finds, the one whose centre is nearest to box's, vertically."""
+    centre = box["y"] + box["height"] / 2
+    found = [(abs(b["y"] + b["height"] / 2 - centre), i) for i in range(locator.count())
+             if (b := locator.nth(i).bounding_box()) and b["height"]]
+    assert found, "nothing found near the node in the library"
+    return locator.nth(min(found)[1])
+
+
 def check_help_pages(page, lang):
-    """Open each LEDITS node's help from the node library (search, hover, '?'): the frontend fetches our page
-    for that language and renders it, pictures included."""
-    back = page.locator(".node-help-content").locator("xpath=..").locator("button:has(.pi-arrow-left)")
-    page.locator(".node-library-tab-button").click()
+    """Open each LEDITS node's help from the node library (its command; then search, hover, '?', as a user
+    does): the frontend fetches our page for that language and renders it, pictures included."""
+    run_command(page, NODE_LIBRARY)
+    back = page.locator("button").filter(has=page.locator("[class*=arrow-left]"))
     try:
         for node_id in OUR_NODES:
             name = LOCALE_DEFS[lang][node_id]["display_name"]
             source = HELP_DOCS / (f"{node_id}.md" if lang == "en" else f"{node_id}/{lang}.md")
             markdown = source.read_text(encoding="utf-8")
-            search = page.locator(".node-lib-search-box input")
+            search = page.get_by_placeholder(re.compile("search|搜索", re.I)).filter(visible=True).first
             search.fill("LEDITS")
-            leaf = page.locator(".node-lib-node-container").filter(
-                has=page.get_by_text(re.compile(rf"^\s*{re.escape(name)}\s*$")))
+            leaf = page.get_by_text(re.compile(rf"^\s*{re.escape(name)}\s*$")).filter(visible=True).first
             leaf.hover()
+            help_button = nearest(page.locator("button:has([class*=question]), .help-button"), leaf.bounding_box())
             url = f"/extensions/{PACK}/docs/" + (f"{node_id}.md" if lang == "en" else f"{node_id}/{lang}.md")
             with page.expect_response(lambda r, url=url: r.url.endswith(url)) as response:
-                leaf.locator(".help-button").click()
+                help_button.click()
             assert response.value.status == 200, f"{url}: {response.value.status}"
-            content = page.locator(".node-help-content .markdown-content")
-            content.locator("h1").wait_for(timeout=10_000)
-            assert content.locator("h1").inner_text().strip() == markdown.splitlines()[0][2:] == name
+            title = page.get_by_role("heading", level=1, name=name, exact=True)
+            title.wait_for(timeout=10_000)
+            content = title.locator("xpath=..")
+            assert title.inner_text().strip() == markdown.splitlines()[0][2:] == name
             headings = [line[3:] for line in markdown.splitlines() if line.startswith("## ")]
-            assert [h.strip() for h in content.locator("h2").all_inner_texts()] == headings
+            assert [h.strip() for h in content.get_by_role("heading", level=2).all_inner_texts()] == headings
             assert "**" not in content.inner_text(), f"{source.name}: markdown left unrendered"
-            page.wait_for_function("""() => [...document.querySelectorAll('.node-help-content img')]
-                .every((img) => img.complete)""", timeout=10_000)
-            images = page.evaluate("""() => [...document.querySelectorAll('.node-help-content img')]
+            if "![" in markdown:
+                content.locator("img").last.wait_for(timeout=10_000)
+            page.wait_for_function("(el) => [...el.querySelectorAll('img')].every((img) => img.complete)",
+                                   arg=content.element_handle(), timeout=10_000)
+            images = content.evaluate("""(el) => [...el.querySelectorAll('img')]
                 .map((img) => ({src: new URL(img.src).pathname, width: img.naturalWidth}))""")
             wanted = [f"/extensions/{PACK}/docs/{src}" for src in re.findall(r"!\[[^\]]*\]\(([^)\s]+)", markdown)]
             assert [i["src"] for i in images] == wanted
             assert all(i["width"] > 0 for i in images), f"{source.name}: pictures that did not load: {images}"
             page.screenshot(path=str(ARTIFACTS / f"help_panel_{lang}_{node_id}.png"))
-            back.click()
+            back.filter(visible=True).first.click()
             search.wait_for(timeout=5_000)
     finally:  # back to the node list (a failed check leaves its page open), and close the sidebar
-        if back.count():
-            back.click()
-        page.locator(".node-library-tab-button").click()
-        page.wait_for_timeout(300)
+        if back.filter(visible=True).count():
+            back.filter(visible=True).first.click()
+        run_command(page, NODE_LIBRARY)
+
+
+def vue_tooltip(page, node_id, text, last=False):
+    """Nodes 2.0: the tooltip (role tooltip) shown when the mouse rests on a visible name in the node."""
+    found = page.locator(f'[data-node-id="{node_id}"]').get_by_text(text, exact=True)
+    (found.last if last else found.first).hover()
+    tooltip = page.get_by_role("tooltip").filter(visible=True)
+    tooltip.first.wait_for(timeout=5_000)
+    shown = tooltip.first.inner_text()
+    page.mouse.move(1, 1)
+    page.wait_for_timeout(200)
+    return shown
+
+
+def check_vue_names_and_tooltips(page, node_id, node_type, lang):
+    """Nodes 2.0: the node shows its title, socket and widget names as text, each with its tooltip."""
+    defs = LOCALE_DEFS[lang][node_type]
+    node = page.locator(f'[data-node-id="{node_id}"]')
+    node.get_by_text(defs["display_name"], exact=True).first.wait_for(timeout=5_000)
+    for name, spec in defs["inputs"].items():
+        if not page.evaluate("([id, name]) => app.graph.getNodeById(id).inputs?.some((i) => i.name === name)"
+                             " || app.graph.getNodeById(id).widgets?.some((w) => w.name === name)", [node_id, name]):
+            continue  # an optional input this node does not show
+        assert node.get_by_text(spec["name"], exact=True).count(), f"{node_type}.{name}: {spec['name']} not shown"
+        if spec.get("tooltip") and spec["name"] != "text":
+            assert vue_tooltip(page, node_id, spec["name"]) == spec["tooltip"], f"{node_type}.{name}"
+    for index, spec in sorted(defs.get("outputs", {}).items()):
+        assert node.get_by_text(spec["name"], exact=True).count(), f"{node_type} output {index}"
+        if spec.get("tooltip"):
+            assert vue_tooltip(page, node_id, spec["name"], last=True) == spec["tooltip"], f"{node_type} output {index}"
 
 
 def check_names_and_tooltips(page, node_id, node_type, lang):
     """Title, socket and widget names of a node in the UI, and the tooltip of each of its inputs and
     outputs as the user sees it when resting the mouse on it, against locales/<lang>/nodeDefs.json."""
+    if vue_nodes_shown(page):
+        check_vue_names_and_tooltips(page, node_id, node_type, lang)
+        return
     defs = LOCALE_DEFS[lang][node_type]
     state = page.evaluate("""(id) => { const n = app.graph.getNodeById(id); return {title: n.title,
         inputs: (n.inputs ?? []).map((i) => ({name: i.name, label: i.localized_name, widget: !!i.widget})),
@@ -571,7 +794,7 @@ def require_cjk_font():
 # --- a node added by hand, the guider, help pages (English) -------------------------------------------------
 
 
-def test_inversion_added_by_hand_keeps_its_seed(browser_page, comfy_server):
+def test_inversion_added_by_hand_keeps_its_seed(browser_page, comfy_server, frontend, renderer, canvas_only):
     """Invert once, edit many: a LEDITS Inversion added from the node search starts with 'control after
     generate' on fixed, so changing a concept's scale and queueing again re-runs only the edit."""
     page, console = browser_page
@@ -617,11 +840,11 @@ def test_inversion_added_by_hand_keeps_its_seed(browser_page, comfy_server):
                          added["id"])
     assert seed == {"seed": 0, "control_after_generate": "fixed"}
     untangle(page)
-    page.screenshot(path=str(ARTIFACTS / "browser_added_by_hand.png"), clip=fit_graph(page))
+    page.screenshot(path=shot(page, frontend, renderer, "added_by_hand"), clip=fit_graph(page))
     assert not console.errors, "browser console errors:\n" + "\n".join(console.errors)
 
 
-def test_saved_workflows_keep_their_seed_mode(browser_page):
+def test_saved_workflows_keep_their_seed_mode(browser_page, renderer):
     """The 'fixed' start applies to new nodes only: a saved mode (randomize here) is loaded as saved, and the
     workflow saved by 0.1.0 loads with its widget values unchanged."""
     page, console = browser_page
@@ -637,7 +860,7 @@ def test_saved_workflows_keep_their_seed_mode(browser_page):
     assert not console.errors, "browser console errors:\n" + "\n".join(console.errors)
 
 
-def test_guider_wiring_of_its_help_page_runs(browser_page, comfy_server):
+def test_guider_wiring_of_its_help_page_runs(browser_page, comfy_server, renderer, canvas_only):
     """The wiring the LEDITS Guider help page shows, made in the UI, runs: the guider and
     SamplerCustomAdvanced execute and SaveImage writes the result."""
     page, console = browser_page
@@ -651,7 +874,7 @@ def test_guider_wiring_of_its_help_page_runs(browser_page, comfy_server):
     assert not console.errors, "browser console errors:\n" + "\n".join(console.errors)
 
 
-def test_help_pages_in_the_node_library(browser_page):
+def test_help_pages_in_the_node_library(browser_page, renderer, canvas_only):
     page, console = browser_page
     check_help_pages(page, "en")
     assert not console.errors, "browser console errors:\n" + "\n".join(console.errors)
@@ -671,7 +894,7 @@ def chinese(browser_page):
         set_locale(page, "en")
 
 
-def test_chinese_names_tooltips_and_graph(browser_page, comfy_server, chinese):
+def test_chinese_names_tooltips_and_graph(browser_page, comfy_server, frontend, renderer, chinese):
     page, console = browser_page
     if UPDATE_DOCS:
         require_cjk_font()
@@ -682,24 +905,24 @@ def test_chinese_names_tooltips_and_graph(browser_page, comfy_server, chinese):
     ours = [(n["id"], n["type"]) for n in workflow["nodes"] if n["type"].startswith("Ledits")]
     for node_id, node_type in ours:
         check_names_and_tooltips(page, node_id, node_type, "zh")
-    # A run (a new scale, so the edit runs again) for the live previews of the screenshot.
-    first_concept = ids_of(workflow, "LeditsConceptEdit")[0]
-    page.evaluate("(id) => { app.graph.getNodeById(id).widgets.find((w) => w.name === 'scale').value = 6.5; }",
-                  first_concept)
-    executed, _ = queue_and_wait(page, comfy_server)
-    assert str(ids_of(workflow, "LeditsSampler")[0]) in executed
-    page.wait_for_timeout(500)
-    untangle(page)
-    page.screenshot(path=str(ARTIFACTS / "browser_edit_done_zh.png"), clip=fit_graph(page))
-    save_help_pictures(page, workflow, "zh")
-    if UPDATE_DOCS:
-        shutil.copy(ARTIFACTS / "browser_edit_done_zh.png", ROOT / "docs" / "graph_zh.png")
+    if UPDATE_DOCS:  # a run (a new scale, so the edit runs again) for the live previews of the pictures
+        first_concept = ids_of(workflow, "LeditsConceptEdit")[0]
+        page.evaluate("(id) => { app.graph.getNodeById(id).widgets.find((w) => w.name === 'scale').value = 6.5; }",
+                      first_concept)
+        executed, _ = queue_and_wait(page, comfy_server)
+        assert str(ids_of(workflow, "LeditsSampler")[0]) in executed
+        page.wait_for_timeout(500)
+        untangle(page)
+        page.screenshot(path=shot(page, frontend, renderer, "edit_done_zh"), clip=fit_graph(page))
+        save_help_pictures(page, workflow, "zh")
+        shutil.copy(shot(page, frontend, renderer, "edit_done_zh"), ROOT / "docs" / "graph_zh.png")
     # The guider, in its help page's wiring.
     load_workflow(page, workflow)
     added = guider_graph(page, workflow)
     fit_graph(page)
     check_names_and_tooltips(page, added["guider"], "LeditsGuider", "zh")
-    save_ui_picture(page, [added["guider"], added["custom"]], "zh", "guider")
+    if renderer == "canvas":
+        save_ui_picture(page, [added["guider"], added["custom"]], "zh", "guider")
     # The prompt edit, in its example workflow.
     prompt_workflow = json.loads(PROMPT_EDIT_WORKFLOW.read_text())
     load_workflow(page, prompt_workflow)
@@ -707,7 +930,11 @@ def test_chinese_names_tooltips_and_graph(browser_page, comfy_server, chinese):
     fit_graph(page)
     (prompt_edit,) = ids_of(prompt_workflow, "LeditsPromptEdit")
     check_names_and_tooltips(page, prompt_edit, "LeditsPromptEdit", "zh")
-    save_ui_picture(page, prompt_edit_picture_nodes(prompt_workflow), "zh", "prompt_edit")
+    (sampler,) = ids_of(prompt_workflow, "LeditsSampler")
+    summary = page.locator(f'[data-node-id="{sampler}"] .ledits-summary' if renderer == "vue" else ".ledits-summary")
+    assert summary.first.inner_text().startswith("提示词编辑"), "our own strings, in Chinese from /i18n"
+    if renderer == "canvas":
+        save_ui_picture(page, prompt_edit_picture_nodes(prompt_workflow), "zh", "prompt_edit")
     # Any other node of the pack, added from scratch.
     checked = {t for _, t in ours} | {"LeditsGuider", "LeditsPromptEdit"}
     for node_type in sorted(set(OUR_NODES) - checked):
@@ -718,7 +945,7 @@ def test_chinese_names_tooltips_and_graph(browser_page, comfy_server, chinese):
     assert not console.errors, "browser console errors:\n" + "\n".join(console.errors)
 
 
-def test_chinese_help_pages_in_the_node_library(browser_page, chinese):
+def test_chinese_help_pages_in_the_node_library(browser_page, renderer, canvas_only, chinese):
     page, console = browser_page
     check_help_pages(page, "zh")
     assert not console.errors, "browser console errors:\n" + "\n".join(console.errors)
