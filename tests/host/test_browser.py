@@ -12,6 +12,10 @@ Guider wiring of its help page runs; the node library's help panel shows each no
 the frontend's language set to Chinese (Comfy.Locale), the nodes show the Chinese names and tooltips of
 locales/zh/ and the Chinese help pages.
 
+Each check runs per frontend (the host's pinned one and each static folder in LEDITS_FRONTEND_ROOTS) and per
+renderer (the canvas, and Nodes 2.0 where the frontend has Comfy.VueNodes.Enabled); checks that do not depend
+on the renderer run with the canvas only. One server per frontend serves both renderers.
+
 Screenshots go to tests/artifacts/. With LEDITS_UPDATE_DOCS=1 the test also refreshes the README's
 pictures (docs/graph.png, docs/graph_zh.png) and the help pages' pictures of the UI
 (web/docs/images/<lang>/*.png); the Chinese ones need a CJK font (Debian: fonts-noto-cjk).
