@@ -62,8 +62,13 @@ def default_python(host: Path, version: str | None, explicit: str | None = None)
 
     if explicit:
         return explicit
-    venv = PACK_ROOT / ".venv" / f"comfyui-{version}" / "bin" / "python"
+    venv = host_venv_python(version)
     return str(venv) if version and venv.is_file() else sys.executable
+
+
+def host_venv_python(version: str | None) -> Path:
+    """Where scripts/setup_hosts.sh puts the Python of the venv for host ``version`` (it may not exist yet)."""
+    return PACK_ROOT / ".venv" / f"comfyui-{version}" / "bin" / "python"
 
 
 def _websocket():

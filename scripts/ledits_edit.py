@@ -50,12 +50,13 @@ def run_in_host_venv(argv) -> None:
     missing = [name for name in JOB_MODULES if importlib.util.find_spec(name) is None]
     if not missing:
         return
+    import comfy_client
     import hostenv
 
     host = hostenv.find_host()
     if host is None:
         return  # main() says where the host was looked for and how to get one
-    venv_python = HERE.parent / ".venv" / f"comfyui-{hostenv.host_version(host)}" / "bin" / "python"
+    venv_python = comfy_client.host_venv_python(hostenv.host_version(host))
     if Path(sys.executable).absolute() == venv_python.absolute():
         raise SystemExit(f"{venv_python} lacks {', '.join(missing)}: re-run bash scripts/setup_hosts.sh")
     if not venv_python.is_file():
