@@ -270,6 +270,10 @@ app.registerExtension({
     api.addEventListener("graphChanged", () => allSamplers().forEach(updateSummary));
     await loadStrings();
   },
+  // A loaded workflow's links exist only once the whole graph is configured (and Nodes 2.0 draws no frames).
+  afterConfigureGraph() {
+    allSamplers().forEach(updateSummary);
+  },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name === INVERSION) {
       const onInversionCreated = nodeType.prototype.onNodeCreated;
