@@ -571,11 +571,19 @@ def screen_pos(page, node_id, kind, name):
 def hover_tooltip(page, node_id, kind, name):
     """The frontend's tooltip (NodeTooltip) for that spot, as the user sees it after resting the mouse."""
     pos = screen_pos(page, node_id, kind, name)
-    page.mouse.move(pos["x"] - 4, pos["y"] - 4)
-    page.mouse.move(pos["x"], pos["y"])
     tooltip = page.locator(".node-tooltip")
-    tooltip.wait_for(timeout=5_000)
-    return tooltip.inner_text()
+    for attempt in range(3):  # the mouse rests again when a loaded machine missed the first rest
+        page.mouse.move(pos["x"] - 4, pos["y"] - 4)
+        page.mouse.move(pos["x"], pos["y"])
+        try:
+            tooltip.wait_for(timeout=4_000)
+            return tooltip.inner_text()
+        except sync_api.TimeoutError:
+            if attempt == 2:
+                page.screenshot(path=str(ARTIFACTS / f"tooltip_failed_{node_id}_{kind}_{name}.png"))
+                raise
+            page.mouse.move(1, 1)
+            page.wait_for_timeout(300)
 
 
 def crop_nodes(page, node_ids, path, pad=14):
@@ -730,9 +738,17 @@ def check_help_pages_in_the_side_panel(page, lang):
             spot = page.evaluate("""() => { const n = app.graph.nodes[0], box = app.canvas.canvas.getBoundingClientRect();
                 const c = app.canvas.ds.convertOffsetToCanvas([n.pos[0] + 40, n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT / 2]);
                 return {x: box.x + c[0], y: box.y + c[1]}; }""")
-            page.mouse.click(spot["x"], spot["y"])
+            tab = page.get_by_role("tab", name=info, exact=True)
+            for _ in range(3):  # a click the canvas takes for something else (a loaded machine) is repeated
+                page.mouse.move(spot["x"] - 3, spot["y"])
+                page.mouse.click(spot["x"], spot["y"])
+                try:
+                    tab.wait_for(timeout=3_000)
+                    break
+                except sync_api.TimeoutError:
+                    pass
             try:
-                page.get_by_role("tab", name=info, exact=True).click(timeout=10_000)
+                tab.click(timeout=5_000)
             except sync_api.TimeoutError:
                 page.screenshot(path=str(ARTIFACTS / f"help_panel_{lang}_{node_id}_failed.png"))
                 raise
