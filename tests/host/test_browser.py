@@ -8,12 +8,14 @@ Checks: every example workflow loads through the UI with no missing node and no 
 SD1.5 edit workflow, queued from the UI, streams one live preview per step to the LEDITS Sampler node,
 which draws them, and SaveImage writes the result; a LEDITS Inversion added by hand from the node search
 starts with its seed fixed, so a second run after changing a concept re-runs the edit only; the LEDITS
-Guider wiring of its help page runs; the node library's help panel shows each node's page; and, with
+Guider wiring of its help page runs; each node's help page shows where the frontend shows help (the right side
+panel's Info tab, or 1.27's node library); and, with
 the frontend's language set to Chinese (Comfy.Locale), the nodes show the Chinese names and tooltips of
 locales/zh/ and the Chinese help pages.
 
 Each check runs per frontend (the host's pinned one and each static folder in LEDITS_FRONTEND_ROOTS) and per
-renderer (the canvas, and Nodes 2.0 where the frontend has Comfy.VueNodes.Enabled); checks that do not depend
+renderer (the canvas, and Nodes 2.0 where the frontend offers Comfy.VueNodes.Enabled in its settings); checks that
+do not depend
 on the renderer run with the canvas only. One server per frontend serves both renderers.
 
 Screenshots go to tests/artifacts/. With LEDITS_UPDATE_DOCS=1 the test also refreshes the README's
@@ -663,6 +665,7 @@ def set_locale(page, locale):
     page.wait_for_function("(title) => LiteGraph.registered_node_types['LeditsSampler'].title === title",
                            arg=title, timeout=30_000)
     page.wait_for_timeout(300)
+    close_dialogs(page)  # the reopened workflow may name a model this server lacks
 
 
 NODE_LIBRARY = "Workspace.ToggleSidebarTab.node-library"
@@ -1057,6 +1060,7 @@ def test_chinese_names_tooltips_and_graph(browser_page, comfy_server, frontend, 
     # The prompt edit, in its example workflow.
     prompt_workflow = json.loads(PROMPT_EDIT_WORKFLOW.read_text())
     load_workflow(page, prompt_workflow)
+    close_dialogs(page)  # the missing-models dialog some frontends show for the checkpoint it names
     untangle(page)
     fit_graph(page)
     (prompt_edit,) = ids_of(prompt_workflow, "LeditsPromptEdit")
