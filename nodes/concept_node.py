@@ -8,18 +8,37 @@ from .objects import LeditsConcept
 from .types import CATEGORY, LeditsConceptsType
 
 
-def concept_token_positions(clip, text: str) -> tuple[list[int], int]:
-    """Positions of the prompt's own tokens in its cross-attention context, and the context length.
-
-    Uses the tokenizer's word ids: 0 marks start/end/padding. Works for weighted prompts, embeddings and
-    prompts longer than one 77-token chunk (chunks are concatenated along the token axis).
-    """
-    tokens = clip.tokenize(text, return_word_ids=True)
-    chunks = tokens["l"] if "l" in tokens else next(iter(tokens.values()))
+def _stream_positions(chunks) -> tuple[list[int], int]:
+    """Positions of a prompt's own tokens in one text stream (its chunks concatenated) and the stream's length.
+    The tokenizer's word ids mark start/end/padding with 0."""
     positions, offset = [], 0
     for chunk in chunks:
         positions += [offset + t for t, item in enumerate(chunk) if item[2] != 0]
         offset += len(chunk)
+    return positions, offset
+
+
+def concept_token_positions(clip, text: str, context_len: int | None = None) -> tuple[list[int], int]:
+    """Positions of the prompt's own tokens in its attention context, and the context length.
+
+    UNets (SD1.x/2.x/SDXL): the CLIP rows (SDXL's CLIP-L and CLIP-G share them). SD3: the CLIP rows, then the
+    T5 rows (the host concatenates them along the tokens). Flux: the T5 rows alone. The layout is the one
+    whose length is the encoder's (context_len, when given). Works for weighted prompts, embeddings and prompts
+    longer than one chunk.
+    """
+    tokens = clip.tokenize(text, return_word_ids=True)
+    clip_key = "l" if "l" in tokens else next(iter(tokens))
+    layouts = [[clip_key]]
+    if "t5xxl" in tokens:
+        layouts = [[clip_key, "t5xxl"], ["t5xxl"]] + ([] if clip_key == "t5xxl" else layouts)
+    for layout in layouts:
+        positions, offset = [], 0
+        for key in layout:
+            found, length = _stream_positions(tokens[key])
+            positions += [offset + p for p in found]
+            offset += length
+        if context_len is None or offset == context_len:
+            return positions, offset
     return positions, offset
 
 
@@ -34,11 +53,11 @@ def make_concept(clip, text: str, scale: float, threshold: float, reverse: bool,
     if not 0.0 <= warmup <= cooldown <= 1.0:
         raise ValueError(f"LEDITS Concept Edit: need 0 <= warmup <= cooldown <= 1, got warmup {warmup}, "
                          f"cooldown {cooldown}")
-    positions, length = concept_token_positions(clip, text)
-    if not positions:
-        raise ValueError(f"LEDITS Concept Edit: the prompt {text!r} has no tokens after tokenizing; use words")
     conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(text))
     context_len = int(conditioning[0][0].shape[1])
+    positions, length = concept_token_positions(clip, text, context_len)
+    if not positions:
+        raise ValueError(f"LEDITS Concept Edit: the prompt {text!r} has no tokens after tokenizing; use words")
     if context_len != length:
         raise RuntimeError(f"LEDITS Concept Edit: the text encoder gave {context_len} tokens, the tokenizer "
                            f"{length}; this CLIP is not supported")

@@ -10,7 +10,7 @@ import torch
 
 from .. import ledits_core as core
 from .capture import AttentionCapture, patched_clone
-from .host_model import quarter_resolution_blocks, transformer_blocks, with_size_conditioning
+from .host_model import FLOW_FAMILIES, quarter_resolution_blocks, transformer_blocks, with_size_conditioning
 from .objects import LeditsConcept, LeditsInversion, LeditsPromptEdit
 from .prompt_control import PromptControl
 
@@ -110,7 +110,12 @@ class LeditsGuider(comfy.samplers.CFGGuider):
                         "the attention mask falls back to the noise mask", step)
         out = self._pre_cfg(conds, out, x, timestep, model_options)
         uncond = out[0]
-        base = core.source_guidance(uncond, out[1], self.source_scale) if offset == 2 else uncond
+        if self.inversion.kind.distilled:
+            # Guidance-distilled (Flux.1-dev): no CFG; the base is the source prompt's prediction (or the empty
+            # prompt's) and each concept's direction is taken from it.
+            base = uncond = out[1] if offset == 2 else uncond
+        else:
+            base = core.source_guidance(uncond, out[1], self.source_scale) if offset == 2 else uncond
         if self.prompt is not None:
             base = core.source_guidance(uncond, out[target], self.prompt.edit.scale)
             self._blend_mask(step, x.shape[-2:])
@@ -156,13 +161,17 @@ def _denoiser(model, extra_args, batch, like):
     return lambda x, sigma, i: model(x, sigma * s_in, **extra_args)
 
 
-def inversion_sampler(sink: list, sigmas: torch.Tensor, sampler: str, seed: int, settings: dict):
-    """A KSAMPLER that inverts its input latent (given with zero noise, so x = x0) and returns it unchanged."""
+def inversion_sampler(sink: list, sigmas: torch.Tensor, sampler: str, seed: int, settings: dict,
+                      x0: torch.Tensor, parametrization: str = "ve"):
+    """A KSAMPLER that inverts x0 (the photo in model space; the host's own start state is not used: for a
+    flow model at sigma = 1 it holds nothing of the photo) and returns it unchanged."""
     def ledits_invert(model, x, sigmas_in, extra_args=None, callback=None, disable=None):
-        record = core.invert(x, sigmas, _denoiser(model, extra_args or {}, x.shape[0], x), sampler, seed,
-                             callback=_k_callback(callback, sigmas), interrupt=_interrupt, settings=settings)
+        photo = x0.to(x.device, x.dtype)
+        record = core.invert(photo, sigmas, _denoiser(model, extra_args or {}, x.shape[0], x), sampler, seed,
+                             callback=_k_callback(callback, sigmas), interrupt=_interrupt, settings=settings,
+                             parametrization=parametrization)
         sink.append(record)
-        return x
+        return photo
     return comfy.samplers.KSAMPLER(ledits_invert)
 
 
@@ -190,7 +199,11 @@ def edit_guider(model, inversion: LeditsInversion, concepts: list[LeditsConcept]
     """A guider on a clone of model, with attention capture on the 1/4-resolution blocks when M1 is used,
     and the prompt edit's attention control when there is one (check_prompt_edit first)."""
     capture = None
-    if concepts and mask_mode in ("intersect", "attention"):
+    if concepts and mask_mode in ("intersect", "attention") and inversion.kind.family in FLOW_FAMILIES:
+        log.warning("[LEDITS++] %s: attention maps from joint attention are not captured yet; the masks use "
+                    "the noise mask only (as mask_mode 'noise')", inversion.kind.family)
+        model = model.clone()
+    elif concepts and mask_mode in ("intersect", "attention"):
         capture = AttentionCapture({i: list(c.token_positions) for i, c in enumerate(concepts)},
                                    {i: c.context_len for i, c in enumerate(concepts)})
         blocks = quarter_resolution_blocks(model)

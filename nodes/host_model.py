@@ -6,29 +6,48 @@ import torch
 
 from .objects import ModelKind
 
-SUPPORTED = "SD1.x, SD2.x (eps and v-prediction) and SDXL base checkpoints"
+SUPPORTED = ("SD1.x, SD2.x (eps and v-prediction), SDXL base, SD3/SD3.5 and Flux.1 (dev, schnell) models")
+FLOW_FAMILIES = ("sd3", "flux")
 
 
 def model_kind(model) -> ModelKind:
-    """Family / prediction / latent format of a ModelPatcher; raises for anything but SD1.x, SD2.x, SDXL."""
+    """Family / prediction / latent format of a ModelPatcher; raises for anything but SD1.x, SD2.x, SDXL,
+    SD3.x (MMDiT) and Flux.1."""
     import comfy.model_base as mb
     import comfy.supported_models as sm
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     base = model.model
     name = type(base.model_config).__name__
-    if not isinstance(getattr(base, "diffusion_model", None), UNetModel):
-        raise ValueError(f"LEDITS++ does not support this model ({name}); it supports {SUPPORTED}.")
-    if type(base) is mb.SDXL:
+    unet = isinstance(getattr(base, "diffusion_model", None), UNetModel)
+    distilled = False
+    if unet and type(base) is mb.SDXL:
         family = "sdxl"
-    elif type(base) is mb.BaseModel:
+    elif unet and type(base) is mb.BaseModel:
         family = "sd2" if isinstance(base.model_config, sm.SD20) else "sd1"
+    elif type(base) is mb.SD3:
+        family = "sd3"
+    elif type(base) is mb.Flux:
+        family = "flux"
+        distilled = bool(base.model_config.unet_config.get("guidance_embed", False))
     else:
         raise ValueError(f"LEDITS++ does not support this model ({name}); it supports {SUPPORTED}.")
     prediction = {mb.ModelType.EPS: "eps", mb.ModelType.V_PREDICTION: "v"}.get(base.model_type)
-    if prediction is None:
-        raise ValueError(f"LEDITS++ supports eps and v-prediction models; {name} uses {base.model_type.name}.")
-    return ModelKind(family, prediction, type(base.latent_format).__name__)
+    if prediction is None and noise_parametrization(model) == "flow":
+        prediction = "flow"  # FLOW (SD3, schnell) or FLUX (dev, its own shift): CONST sampling either way
+    if prediction is None or (prediction == "flow") != (family in FLOW_FAMILIES):
+        raise ValueError(f"LEDITS++ supports eps and v-prediction UNets and flow-matching SD3/Flux models; {name} "
+                         f"uses {base.model_type.name}.")
+    return ModelKind(family, prediction, type(base.latent_format).__name__, distilled)
+
+
+def noise_parametrization(model) -> str:
+    """How the host's model_sampling makes a noisy state: "flow" for x = (1 - sigma) x0 + sigma eps (CONST,
+    the flow-matching models), "ve" for x = x0 + sigma eps (every other model, in k-diffusion form)."""
+    import comfy.model_sampling
+
+    sampling = model.get_model_object("model_sampling")
+    return "flow" if isinstance(sampling, comfy.model_sampling.CONST) else "ve"
 
 
 def quarter_resolution_blocks(model) -> list[tuple[str, int]]:
@@ -38,6 +57,8 @@ def quarter_resolution_blocks(model) -> list[tuple[str, int]]:
     SD1.x/2.x -> input 7, 8 / output 3, 4, 5;  SDXL -> input 7, 8 / output 0, 1, 2.
     """
     cfg = model.model.model_config.unet_config
+    if "channel_mult" not in cfg:  # a transformer (SD3, Flux): no UNet levels
+        return []
     mult = list(cfg["channel_mult"])
     nres = cfg["num_res_blocks"]
     nres = list(nres) if isinstance(nres, (list, tuple)) else [nres] * len(mult)

@@ -10,7 +10,7 @@ from comfy_api.latest import io
 
 from .. import ledits_core as core
 from .guider import LeditsGuider, inversion_sampler
-from .host_model import conditioning_to_cpu, empty_conditioning, model_kind
+from .host_model import conditioning_to_cpu, empty_conditioning, model_kind, noise_parametrization
 from .objects import LeditsInversion
 from .types import CATEGORY, LeditsInversionType
 
@@ -32,7 +32,12 @@ def invert_latent(model, clip, latent: dict, steps: int, skip: float, sampler: s
     guider = LeditsGuider(model).setup(pending, [])
     sink: list = []
     settings = {"family": kind.family, "scheduler": scheduler, "skip": float(skip), "steps": int(steps)}
-    guider.sample(torch.zeros_like(samples), samples, inversion_sampler(sink, sigmas, sampler, seed, settings),
+    # The photo in model space, handed to the inversion directly: the host starts a flow model's sampling at
+    # (1 - sigma) x0 + sigma noise, which at sigma = 1 keeps nothing of the photo.
+    x0 = model.get_model_object("latent_format").process_in(samples)
+    parametrization = noise_parametrization(model)
+    guider.sample(torch.zeros_like(samples), samples,
+                  inversion_sampler(sink, sigmas, sampler, seed, settings, x0, parametrization),
                   sigmas.float(), callback=latent_preview.prepare_callback(model, steps),
                   disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
     record = sink[0].to("cpu")
@@ -50,7 +55,7 @@ class LeditsInversionNode(io.ComfyNode):
             description="Turns a photo's latent into the noise path that regenerates it exactly (edit-friendly "
                         "inversion). Run it once per photo; every edit of that photo reuses it.",
             inputs=[
-                io.Model.Input("model", tooltip="The checkpoint's MODEL (SD1.x, SD2.x or SDXL)."),
+                io.Model.Input("model", tooltip="The checkpoint's MODEL (SD1.x, SD2.x, SDXL, SD3.x or Flux.1)."),
                 io.Clip.Input("clip", tooltip="The checkpoint's CLIP, used to build the empty (unconditional) prompt."),
                 io.Latent.Input("latent", tooltip="The photo, encoded with VAE Encode. A batch is fine."),
                 io.Int.Input("steps", default=50, min=1, max=1000,

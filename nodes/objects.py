@@ -28,9 +28,12 @@ class ModelKind:
     family: str
     prediction: str
     latent_format: str
+    distilled: bool = False
+    """Guidance-distilled (Flux.1-dev): no real unconditional branch; directions are taken from the base."""
 
     def describe(self) -> str:
-        return f"{self.family} ({self.prediction}-prediction, {self.latent_format} latents)"
+        what = "flow-matching" if self.prediction == "flow" else f"{self.prediction}-prediction"
+        return f"{self.family} ({what}{', guidance-distilled' if self.distilled else ''}, {self.latent_format} latents)"
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import torch
 from comfy_api.latest import io
 
 from ..ledits_core import p2p
+from .host_model import FLOW_FAMILIES
 from .objects import LeditsInversion, LeditsPromptEdit
 from .types import CATEGORY, LeditsPromptEditType
 
@@ -100,6 +101,9 @@ def check_prompt_edit(inversion: LeditsInversion, edit: LeditsPromptEdit) -> Non
     """Raise before any work if the prompt edit cannot run on this inversion."""
     if not isinstance(edit, LeditsPromptEdit):
         raise ValueError("expected a LEDITS_PROMPT_EDIT from the LEDITS Prompt Edit node")
+    if inversion.kind.family in FLOW_FAMILIES:
+        raise ValueError(f"LEDITS Prompt Edit does not support {inversion.kind.family} models yet (its attention "
+                         "control is written for UNet cross-attention): use LEDITS Concept Edit on this model")
     if inversion.source is None:
         raise ValueError("a prompt edit needs the photo's caption: connect the encoded source prompt to LEDITS "
                          "Inversion's 'source' input (the same text as the Prompt Edit's source) and re-run it")
