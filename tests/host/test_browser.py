@@ -572,9 +572,11 @@ def screen_pos(page, node_id, kind, name):
 
 def hover_tooltip(page, node_id, kind, name):
     """The frontend's tooltip (NodeTooltip) for that spot, as the user sees it after resting the mouse."""
-    pos = screen_pos(page, node_id, kind, name)
     tooltip = page.locator(".node-tooltip")
     for attempt in range(3):  # the mouse rests again when a loaded machine missed the first rest
+        if attempt:  # and the graph is brought back into view first (it was seen moved off screen once)
+            fit_graph(page)
+        pos = screen_pos(page, node_id, kind, name)
         page.mouse.move(pos["x"] - 4, pos["y"] - 4)
         page.mouse.move(pos["x"], pos["y"])
         try:
