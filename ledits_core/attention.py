@@ -43,6 +43,18 @@ class AttentionAccumulator:
             self._sums[concept] = summed
             self._counts[concept] = 1
 
+    def add_summed(self, concept: int, summed: torch.Tensor) -> None:
+        """One layer's map already summed over the concept's tokens: (B, Nq), Nq = h * w of the target."""
+        if summed.shape[-1] != self.num_queries:
+            raise ValueError(f"concept {concept}: a map of {summed.shape[-1]} queries, expected {self.num_queries}")
+        summed = summed.float()
+        if concept in self._sums:
+            self._sums[concept] += summed
+            self._counts[concept] += 1
+        else:
+            self._sums[concept] = summed
+            self._counts[concept] = 1
+
     def layer_count(self, concept: int) -> int:
         return self._counts.get(concept, 0)
 

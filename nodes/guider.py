@@ -11,6 +11,7 @@ import torch
 from .. import ledits_core as core
 from .capture import AttentionCapture, patched_clone
 from .host_model import FLOW_FAMILIES, quarter_resolution_blocks, transformer_blocks, with_size_conditioning
+from .joint_capture import JointAttentionCapture, double_blocks, joint_patched_clone, patch_size
 from .objects import LeditsConcept, LeditsInversion, LeditsPromptEdit
 from .prompt_control import PromptControl
 
@@ -106,8 +107,10 @@ class LeditsGuider(comfy.samplers.CFGGuider):
                 self.prompt.enabled = False
         attn = self.capture.end_step() if use_capture else {}
         if use_capture and not attn:
-            log.warning("[LEDITS++] no cross-attention at 1/4 latent resolution was seen at step %d; "
-                        "the attention mask falls back to the noise mask", step)
+            where = ("joint attention" if self.inversion.kind.family in FLOW_FAMILIES
+                     else "cross-attention at 1/4 latent resolution")
+            log.warning("[LEDITS++] no %s was seen at step %d; the attention mask falls back to the noise mask",
+                        where, step)
         out = self._pre_cfg(conds, out, x, timestep, model_options)
         uncond = out[0]
         if self.inversion.kind.distilled:
@@ -200,9 +203,9 @@ def edit_guider(model, inversion: LeditsInversion, concepts: list[LeditsConcept]
     and the prompt edit's attention control when there is one (check_prompt_edit first)."""
     capture = None
     if concepts and mask_mode in ("intersect", "attention") and inversion.kind.family in FLOW_FAMILIES:
-        log.warning("[LEDITS++] %s: attention maps from joint attention are not captured yet; the masks use "
-                    "the noise mask only (as mask_mode 'noise')", inversion.kind.family)
-        model = model.clone()
+        capture = JointAttentionCapture({i: list(c.token_positions) for i, c in enumerate(concepts)},
+                                        inversion.latent_shape[-2:], patch_size(model))
+        model = joint_patched_clone(model, capture, double_blocks(model))
     elif concepts and mask_mode in ("intersect", "attention"):
         capture = AttentionCapture({i: list(c.token_positions) for i, c in enumerate(concepts)},
                                    {i: c.context_len for i, c in enumerate(concepts)})

@@ -107,9 +107,10 @@ def test_an_edit_changes_the_photo_and_leaves_the_model_untouched(pack, models, 
     with caplog.at_level(logging.WARNING):
         out, masks = pack["sampler_nodes"].run_edit(model, inv, (concept(pack, clip),
                                                                  concept(pack, clip, "hat", reverse=True)))
-    assert "joint attention are not captured" in caplog.text  # M1 is not there yet: the noise mask alone
+    assert "no joint attention" not in caplog.text
     assert (out - latent).abs().max().item() > 1e-3, "two concepts at scale 5 change the latent"
     assert masks.labels == ["sunglasses", "hat"] and len(masks.per_step) == STEPS
+    assert all(m.attention is not None for step in masks.per_step.values() for m in step.values()), "M1 at every step"
     after = plain_sample(flow, family, model, latent)
     assert torch.equal(before, after)
     assert repr(model.model_options) == options_before and dict(model.patches) == patches_before
@@ -167,3 +168,80 @@ def test_an_inversion_of_another_family_is_refused(pack, models):
     inv = invert(pack, sd3, sd3_clip, photo(batch=1))
     with pytest.raises(ValueError, match="inversion was made with a sd3"):
         pack["sampler_nodes"].run_edit(flux, inv, None)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_m1_is_captured_at_the_chosen_blocks_for_the_concept_rows_only(pack, models, host, family):
+    model, clip = models(family)
+    joint = host.import_pack_module("nodes.joint_capture")
+    inv = invert(pack, model, clip, photo(batch=1, h=12, w=20))
+    concepts = [concept(pack, clip), concept(pack, clip, "red hat")]
+    guider = pack["guider"].edit_guider(model, inv, concepts, "intersect")
+    capture = guider.capture
+    assert isinstance(capture, joint.JointAttentionCapture) and capture.grid == (6, 10)
+    seen = []
+    record = capture.record
+
+    def spy(q, k, heads, skip_reshape, text_len, image_len, chunks, block):
+        before = capture.layers_seen
+        record(q, k, heads, skip_reshape, text_len, image_len, chunks, block)
+        if capture.layers_seen > before:
+            seen.append((block, tuple(chunks), {c: capture.cond_to_concept.get(c) for c in chunks}))
+    capture.record = spy
+    zeros = torch.zeros(inv.latent_shape)
+    guider.sample(zeros, zeros, pack["guider"].edit_sampler(inv), inv.record.sigmas.float(), disable_pbar=True, seed=0)
+    chosen = joint.double_blocks(model)
+    assert sorted({b for b, _, _ in seen}) == chosen
+    assert len(seen) == STEPS * len(chosen), "one joint call per chosen block and step (not SD3.5's image-only one)"
+    # the uncond row is in the batch but only the concept rows are recorded (cond index 1, 2 -> concept 0, 1)
+    assert all(mapping == {0: None, 1: 0, 2: 1} for _, _, mapping in seen)
+
+
+def test_joint_attention_map_is_the_image_queries_probabilities_on_the_concept_tokens(host):
+    joint = host.import_pack_module("nodes.joint_capture")
+    capture = joint.JointAttentionCapture({0: [1, 3]}, (4, 6), 2)  # grid 2 x 3 = 6 image tokens
+    capture.begin_step({1: 0})
+    gen = torch.Generator().manual_seed(0)
+    text, image, heads, d = 5, 6, 2, 8
+    q = torch.randn((2, heads, text + image, d), generator=gen)  # batch: [uncond, concept 0]
+    k = torch.randn((2, heads, text + image, d), generator=gen)
+    capture.enabled = True
+    capture.record(q, k, heads, True, text, image, [0, 1], block=0)
+    maps = capture.end_step()
+    probs = torch.softmax(q[1:, :, text:] @ k[1:].transpose(-1, -2) / d ** 0.5, dim=-1).mean(1)
+    want = probs[..., [1, 3]].sum(-1).view(1, 2, 3)
+    assert set(maps) == {0} and torch.allclose(maps[0], want, atol=1e-6)
+    # the same call in the (B, L, H*D) layout of SD3
+    capture.begin_step({1: 0})
+    flat = lambda t: t.transpose(1, 2).reshape(2, text + image, heads * d)  # noqa: E731
+    capture.record(flat(q), flat(k), heads, False, text, image, [0, 1], block=0)
+    assert torch.allclose(capture.end_step()[0], want, atol=1e-6)
+
+
+def test_chained_onto_another_packs_attention_override_and_block_patch(pack, models, flow):
+    """Another pack's optimized_attention_override and dit block replacement stay in force under the capture,
+    and the capture's wrappers change nothing computed: plain sampling on the patched clone is bitwise equal."""
+    model, clip = models("flux_dev")
+    calls = {"attention": 0, "block": 0}
+
+    def their_override(func, *args, **kwargs):
+        calls["attention"] += 1
+        return func(*args, **kwargs)
+
+    def their_block(args, extra):
+        calls["block"] += 1
+        return extra["original_block"](args)
+    theirs = model.clone()
+    theirs.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = their_override
+    theirs.set_model_patch_replace(their_block, "dit", "double_block", 0)
+    latent = photo(batch=1)
+    before = plain_sample(flow, "flux_dev", theirs, latent)
+    plain_calls = dict(calls)
+    inv = invert(pack, theirs, clip, latent)
+    guider = pack["guider"].edit_guider(theirs, inv, [concept(pack, clip)], "intersect")
+    calls.update(attention=0, block=0)
+    after = plain_sample(flow, "flux_dev", guider.model_patcher, latent)
+    assert torch.equal(before, after)
+    assert calls == plain_calls and calls["block"] > 0 and calls["attention"] > 0
+    out, masks = pack["sampler_nodes"].run_edit(theirs, inv, (concept(pack, clip),))
+    assert all(m.attention is not None for step in masks.per_step.values() for m in step.values())
