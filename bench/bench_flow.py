@@ -3,7 +3,7 @@
 Builds SD3.5-medium (1536 wide, 24 heads, RMS q/k norm, dual attention in its first blocks) with random
 weights through the host's own classes (tests/flow_models.py, "real" size: fewer joint blocks than the
 published 24, set with --blocks), conditionings of the real text shapes by hand (154 x 4096 context,
-2048 pooled), inverts a random latent and runs an edit with C concepts (noise masks); before each step it
+2048 pooled), inverts a random latent and runs an edit with C concepts (masks: --mask-mode); before each step it
 times the host's own batched model call (comfy.samplers.calc_cond_batch) on the same [uncond, C concepts]
 batch, x and sigma, then the edit's step (that call plus LEDITS++ guidance). Prints the per-step times, the ratio edit step / bare call, and the resident
 memory after each step (flat in steps: nothing per step is kept but the masks the user asked for).
@@ -51,6 +51,7 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=256, help="image side in pixels (latent = size / 8)")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--concepts", type=int, default=2)
+    p.add_argument("--mask-mode", default="intersect", help="intersect (M1 from joint attention and M2) or noise")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = p.parse_args(argv)
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
 
     # One edit. Before each step's guidance, the host's own batched call on the same batch (its conds as the
     # guider converted them, the same x and sigma) is timed; then the guider's step (that call + guidance).
-    guider = guider_mod.edit_guider(model, inv, concepts, "noise")
+    guider = guider_mod.edit_guider(model, inv, concepts, args.mask_mode)
     steps, bare, rss = [], [], []
     guided_step = guider.predict_noise
 
@@ -117,7 +118,7 @@ def main(argv=None) -> int:
     print(f"[bench_flow] growth from step 2 to the last: {(rss[-1] - rss[min(1, len(rss) - 1)]) / 2**20:.1f} MiB")
     if args.json:
         args.json.write_text(json.dumps({"blocks": args.blocks, "size": args.size, "steps": args.steps,
-                                         "concepts": args.concepts, "params_m": params / 1e6, "edit_step_s": steps,
+                                         "concepts": args.concepts, "mask_mode": args.mask_mode, "params_m": params / 1e6, "edit_step_s": steps,
                                          "bare_s": bare, "ratio": step_med / bare_med, "rss_bytes": rss,
                                          "machine": bc.machine_info()}, indent=1))
     return 0
