@@ -76,6 +76,7 @@ def step_noises(shape, steps: int, seed: int) -> torch.Tensor:
     return torch.randn((steps, *shape), generator=gen, dtype=torch.float32)
 
 
+@torch.no_grad()  # gradient-free: a record never holds an autograd graph, whatever the caller's grad mode
 def invert(x0: torch.Tensor, sigmas: torch.Tensor, denoise: Denoiser, sampler: str = "dpmpp_2m_sde",
            seed: int = 0, callback=None, interrupt=None, settings: dict | None = None,
            parametrization: str = "ve") -> InversionRecord:

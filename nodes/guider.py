@@ -69,7 +69,11 @@ class LeditsGuider(comfy.samplers.CFGGuider):
         self.inner_set_conds(conds)
         return self
 
+    @torch.no_grad()
     def sample(self, *args, **kwargs):
+        # Gradient-free, whatever the caller's grad mode: the server samples under inference_mode, but a script or
+        # another pack calling our nodes in-process would otherwise keep every step's autograd graph alive in the
+        # inversion record and the masks (0.3.64 leaves a model's parameters requiring grad).
         self.guidance.masks = {}
         if self.prompt is not None:
             self.prompt.reset()

@@ -23,6 +23,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -40,6 +41,19 @@ log = logging.getLogger("comfy_client")
 
 class ServerError(RuntimeError):
     """The server could not be started or reached, or it refused or failed a job; the message says which."""
+
+
+def die_with_parent() -> None:
+    """For ``Popen(preexec_fn=...)``: on Linux the child is killed when the process that started it dies, even
+    by SIGKILL (the out-of-memory killer, a CI timeout), so no server is left running behind; elsewhere a no-op."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
 
 
 def free_port() -> int:
@@ -297,7 +311,7 @@ class LocalServer:
             try:
                 self.process = subprocess.Popen(self.command(port), cwd=self.host, env=env, stdout=out,
                                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                start_new_session=True)
+                                                start_new_session=True, preexec_fn=die_with_parent)
             except OSError as e:
                 raise ServerError(f"cannot start ComfyUI with {self.python}: {e}; pass --python with the "
                                   "interpreter that has the host's requirements") from None

@@ -107,3 +107,17 @@ def test_record_round_trip_keeps_the_parametrization():
     settings.pop("parametrization")  # a record saved before flow models: ve
     assert InversionRecord.from_state(tensors, settings).parametrization == "ve"
     assert rec.to(dtype=torch.float64).parametrization == "flow"
+
+
+@pytest.mark.parametrize("parametrization", ["ve", "flow"])
+def test_the_record_holds_no_autograd_graph(parametrization):
+    """A model whose weights require grad, called with grad enabled (a script or another pack, not the server's
+    inference mode): the record is plain data, so keeping it keeps no step's activations alive."""
+    w = torch.nn.Parameter(torch.randn((16, 16)) / 4)
+    model = lambda x, sigma, i: torch.tanh(torch.einsum("oc,bchw->bohw", w, x)) * (1 - 0.5 * sigma)  # noqa: E731
+    x0 = torch.randn((1, 16, 8, 8))
+    sig = flow_sigmas(4) if parametrization == "flow" else torch.tensor([14.6, 5.0, 1.5, 0.4, 0.0], dtype=torch.float64)
+    with torch.enable_grad():
+        rec = invert(x0, sig, model, seed=1, parametrization=parametrization)
+    held = [rec.x_start, rec.noise_maps] + ([rec.states] if rec.states is not None else [])
+    assert not any(t.requires_grad or t.grad_fn is not None for t in held)

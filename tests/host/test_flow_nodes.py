@@ -1,6 +1,7 @@
 """The LEDITS++ nodes on flow-matching transformers (SD3.5-medium, Flux.1-dev, Flux.1-schnell), tiny random
 models built through the host's own classes (tests/flow_models.py) with tiny text encoders of their layout."""
 
+import dataclasses
 import importlib.util
 import logging
 from pathlib import Path
@@ -141,6 +142,33 @@ def test_concept_tokens_are_found_in_each_text_stream(pack, models):
         assert all(0 <= p < c.context_len for p in c.token_positions)
         streams = 2 if family == "sd35m" else 1  # each stream holds the prompt's words at least once
         assert len(c.token_positions) >= 2 * streams
+
+
+def test_nodes_called_with_grad_enabled_keep_no_autograd_graph(pack, flow):
+    """Called in-process with grad enabled on weights that require grad (0.3.64 leaves them so; the server's
+    inference mode hides it): the inversion, the edit's latent and its masks are plain data. Before the fix
+    each call kept its steps' activations alive (+330 MB per call on tiny Flux, CI ran out of memory)."""
+    model = flow.build_model("flux_schnell", "tiny", seed=0, text_dims=flow.tiny_clip_text_dims("flux_schnell"))
+    model.model.diffusion_model.requires_grad_(True)
+    clip = flow.build_clip("flux_schnell", seed=0)
+    with torch.enable_grad():
+        inv = invert(pack, model, clip, photo(batch=1))
+        out, masks = pack["sampler_nodes"].run_edit(model, inv, (concept(pack, clip),), "noise")
+    record = inv.record
+    held = [record.x_start, record.noise_maps, out] + ([record.states] if record.states is not None else [])
+    held += [m for step in masks.per_step.values() for m in _tensors(step)]
+    assert len(held) > 4, "the edit recorded masks"
+    assert not any(t.requires_grad or t.grad_fn is not None for t in held)
+
+
+def _tensors(value):
+    if torch.is_tensor(value):
+        return [value]
+    if dataclasses.is_dataclass(value):
+        value = [getattr(value, f.name) for f in dataclasses.fields(value)]
+    if isinstance(value, dict):
+        value = list(value.values())
+    return [t for v in value for t in _tensors(v)] if isinstance(value, (list, tuple)) else []
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
