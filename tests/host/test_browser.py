@@ -58,6 +58,9 @@ CHECKPOINT = "ledits_random_sd15.safetensors"
 PHOTO_SIDE = 128  # the bundled photo, downscaled: a 16x16 latent keeps the CPU run short
 EDIT_STEPS = 3
 SERVER_START_S, RUN_S = 120, 600
+sys.path.insert(0, str(ROOT / "scripts"))
+from comfy_client import die_with_parent as _die_with_parent  # noqa: E402  (no server outlives a killed test run)
+
 VIEWPORT = {"width": 1800, "height": 1000}
 CANVAS_MARGINS = (70, 80, 20, 100)  # left, top, right, bottom: the frontend's bars and zoom controls
 
@@ -217,7 +220,7 @@ def comfy_server(host, random_checkpoint, frontend, tmp_path_factory):
         command += ["--front-end-root", str(frontend.root)]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=host.host_path(), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
+                                   stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     server = ComfyServer(base, port, log_path, process)
     try:
         server.wait_ready()
@@ -570,13 +573,39 @@ def screen_pos(page, node_id, kind, name):
     }""", [node_id, kind, name])
 
 
+def centre_on(page, node_id, kind, name):
+    """Pan the canvas (same zoom) so that a node's socket or widget lies in the middle of the canvas, clear of the
+    UI's bars, panels and toasts; returns what the user's mouse finds there (page pixels, and the element)."""
+    page.evaluate("""([id, kind, name]) => {
+        const node = app.graph.getNodeById(id), ds = app.canvas.ds, box = app.canvas.canvas.getBoundingClientRect();
+        let p;
+        if (kind === "input") p = node.getConnectionPos(true, node.inputs.findIndex((i) => i.name === name));
+        else if (kind === "output") p = node.getConnectionPos(false, Number(name));
+        else {
+            const w = node.widgets.find((w) => w.name === name);
+            p = [node.pos[0] + node.size[0] / 2, node.pos[1] + (w.last_y ?? w.y) + LiteGraph.NODE_WIDGET_HEIGHT / 2];
+        }
+        ds.offset[0] = box.width / 2 / ds.scale - p[0];
+        ds.offset[1] = box.height / 2 / ds.scale - p[1];
+        app.canvas.setDirty(true, true);
+        app.canvas.draw(true, true);
+    }""", [node_id, kind, name])
+    page.wait_for_timeout(200)  # the canvas redraws, so LiteGraph knows the widgets' new places
+    pos = screen_pos(page, node_id, kind, name)
+    covered = page.evaluate("""([x, y]) => { const e = document.elementFromPoint(x, y);
+        return e === app.canvas.canvas ? null : (e ? `${e.tagName}.${e.className}` : "nothing"); }""",
+                            [pos["x"], pos["y"]])
+    return pos, covered
+
+
 def hover_tooltip(page, node_id, kind, name):
-    """The frontend's tooltip (NodeTooltip) for that spot, as the user sees it after resting the mouse."""
+    """The frontend's tooltip (NodeTooltip) for that spot, as the user sees it after resting the mouse.
+
+    The spot is brought to the middle of the canvas first: where the graph lay after a run, a toast or the queue's
+    panel may cover it, and the frontend shows node tooltips only for a mouse on the canvas itself."""
     tooltip = page.locator(".node-tooltip")
     for attempt in range(3):  # the mouse rests again when a loaded machine missed the first rest
-        if attempt:  # and the graph is brought back into view first (it was seen moved off screen once)
-            fit_graph(page)
-        pos = screen_pos(page, node_id, kind, name)
+        pos, covered = centre_on(page, node_id, kind, name)
         page.mouse.move(pos["x"] - 4, pos["y"] - 4)
         page.mouse.move(pos["x"], pos["y"])
         try:
@@ -585,7 +614,9 @@ def hover_tooltip(page, node_id, kind, name):
         except sync_api.TimeoutError:
             if attempt == 2:
                 page.screenshot(path=str(ARTIFACTS / f"tooltip_failed_{node_id}_{kind}_{name}.png"))
-                raise
+                over = page.evaluate("() => app.canvas.node_over?.id ?? null")
+                raise AssertionError(f"no tooltip for {kind} {name!r} of node {node_id} at {pos}: the element there "
+                                     f"is {covered or 'the canvas'}, LiteGraph's node under the mouse is {over}") from None
             page.mouse.move(1, 1)
             page.wait_for_timeout(300)
 
