@@ -250,15 +250,19 @@ class LocalServer:
     """The host's own server (``main.py``) as a subprocess on 127.0.0.1, for the length of a ``with`` block.
 
     ``host``: the ComfyUI checkout; ``python``: the interpreter that runs it (with the host's requirements);
-    ``checkpoints``: files linked into the scratch ``models/checkpoints``; ``extra_args``: more host flags.
+    ``checkpoints``: files linked into the scratch ``models/checkpoints``; ``models``: more model files by the
+    host's folder name (``{"diffusion_models": [...]}``); ``custom_nodes``: more node packs (folders) linked into
+    its ``custom_nodes`` beside this one; ``extra_args``: more host flags.
     The scratch base directory (custom_nodes/ with a link to this pack, models/, input/, output/, temp/,
     user/) is removed when the block ends; the host folder is never written (``PYTHONDONTWRITEBYTECODE``).
     """
 
     def __init__(self, host: Path, python: str, checkpoints=(), extra_args=(), pack_root: Path = PACK_ROOT,
-                 start_timeout: float = START_TIMEOUT_S, keep_log: Path | None = None):
+                 start_timeout: float = START_TIMEOUT_S, keep_log: Path | None = None, models=None, custom_nodes=()):
         self.host, self.python = Path(host), python
         self.checkpoints, self.extra_args = [Path(c) for c in checkpoints], list(extra_args)
+        self.models = {folder: [Path(f) for f in files] for folder, files in (models or {}).items()}
+        self.custom_nodes = [Path(c) for c in custom_nodes]
         self.pack_root, self.start_timeout, self.keep_log = Path(pack_root), start_timeout, keep_log
         self.base = self.process = self.url = None
 
@@ -284,8 +288,12 @@ class LocalServer:
         for sub in ("custom_nodes", "models/checkpoints", "input", "output", "temp", "user/default"):
             (self.base / sub).mkdir(parents=True)
         (self.base / "custom_nodes" / PACK_NAME).symlink_to(self.pack_root, target_is_directory=True)
-        for checkpoint in self.checkpoints:
-            (self.base / "models" / "checkpoints" / checkpoint.name).symlink_to(checkpoint.resolve())
+        for folder, files in {"checkpoints": self.checkpoints, **self.models}.items():
+            (self.base / "models" / folder).mkdir(parents=True, exist_ok=True)
+            for file in files:
+                (self.base / "models" / folder / file.name).symlink_to(file.resolve())
+        for pack in self.custom_nodes:
+            (self.base / "custom_nodes" / pack.name).symlink_to(pack.resolve(), target_is_directory=True)
         return self.base
 
     def command(self, port: int) -> list[str]:

@@ -575,23 +575,29 @@ def screen_pos(page, node_id, kind, name):
 
 def centre_on(page, node_id, kind, name):
     """Pan the canvas (same zoom) so that a node's socket or widget lies in the middle of the canvas, clear of the
-    UI's bars, panels and toasts; returns what the user's mouse finds there (page pixels, and the element)."""
-    page.evaluate("""([id, kind, name]) => {
-        const node = app.graph.getNodeById(id), ds = app.canvas.ds, box = app.canvas.canvas.getBoundingClientRect();
-        let p;
-        if (kind === "input") p = node.getConnectionPos(true, node.inputs.findIndex((i) => i.name === name));
-        else if (kind === "output") p = node.getConnectionPos(false, Number(name));
-        else {
-            const w = node.widgets.find((w) => w.name === name);
-            p = [node.pos[0] + node.size[0] / 2, node.pos[1] + (w.last_y ?? w.y) + LiteGraph.NODE_WIDGET_HEIGHT / 2];
-        }
-        ds.offset[0] = box.width / 2 / ds.scale - p[0];
-        ds.offset[1] = box.height / 2 / ds.scale - p[1];
-        app.canvas.setDirty(true, true);
-        app.canvas.draw(true, true);
-    }""", [node_id, kind, name])
-    page.wait_for_timeout(200)  # the canvas redraws, so LiteGraph knows the widgets' new places
-    pos = screen_pos(page, node_id, kind, name)
+    UI's bars, panels and toasts, and wait until the view stays there (1.49.6 glides the view to a node after some
+    actions, for a third of a second, undoing a pan made meanwhile); returns the spot (page pixels) and what
+    covers it (None: the canvas itself)."""
+    for _ in range(6):
+        centre = page.evaluate("""([id, kind, name]) => {
+            const node = app.graph.getNodeById(id), ds = app.canvas.ds, box = app.canvas.canvas.getBoundingClientRect();
+            let p;
+            if (kind === "input") p = node.getConnectionPos(true, node.inputs.findIndex((i) => i.name === name));
+            else if (kind === "output") p = node.getConnectionPos(false, Number(name));
+            else {
+                const w = node.widgets.find((w) => w.name === name);
+                p = [node.pos[0] + node.size[0] / 2, node.pos[1] + (w.last_y ?? w.y) + LiteGraph.NODE_WIDGET_HEIGHT / 2];
+            }
+            ds.offset[0] = box.width / 2 / ds.scale - p[0];
+            ds.offset[1] = box.height / 2 / ds.scale - p[1];
+            app.canvas.setDirty(true, true);
+            app.canvas.draw(true, true);
+            return {x: box.x + box.width / 2, y: box.y + box.height / 2};
+        }""", [node_id, kind, name])
+        page.wait_for_timeout(500)  # the canvas redraws (LiteGraph learns the widgets' new places); a glide ends
+        pos = screen_pos(page, node_id, kind, name)
+        if abs(pos["x"] - centre["x"]) < 1 and abs(pos["y"] - centre["y"]) < 1:
+            break
     covered = page.evaluate("""([x, y]) => { const e = document.elementFromPoint(x, y);
         return e === app.canvas.canvas ? null : (e ? `${e.tagName}.${e.className}` : "nothing"); }""",
                             [pos["x"], pos["y"]])
