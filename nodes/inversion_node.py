@@ -59,7 +59,8 @@ class LeditsInversionNode(io.ComfyNode):
                 io.Clip.Input("clip", tooltip="The checkpoint's CLIP, used to build the empty (unconditional) prompt."),
                 io.Latent.Input("latent", tooltip="The photo, encoded with VAE Encode. A batch is fine."),
                 io.Int.Input("steps", default=50, min=1, max=1000,
-                             tooltip="Denoising steps the edit will take. More steps: finer edits, slower."),
+                             tooltip="Denoising steps the edit will take. More steps: finer edits, slower. "
+                                     "SD3.x / Flux.1-dev: 28 to start with, Flux.1-schnell: 8."),
                 io.Float.Input("skip", default=0.15, min=0.0, max=0.95, step=0.01,
                                tooltip="Fraction of the noisiest steps to leave out. Higher keeps more of the "
                                        "original layout; lower allows bigger changes."),
@@ -67,7 +68,9 @@ class LeditsInversionNode(io.ComfyNode):
                                tooltip="dpmpp_2m_sde: SDE-DPM-Solver++ 2M (the LEDITS++ default). ddpm: first "
                                        "order, needs more steps."),
                 io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="karras",
-                               tooltip="How the noise levels are spaced (the host's schedulers)."),
+                               tooltip="How the noise levels are spaced (the host's schedulers). karras for "
+                                       "SD1.x/SD2.x/SDXL; simple for SD3.x and Flux.1, as ComfyUI's own flow "
+                                       "workflows."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the per-step noise (different seeds give slightly different edits). "
                                      "'control after generate' starts at fixed, so the photo is inverted once and "

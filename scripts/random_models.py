@@ -203,19 +203,20 @@ def build_clip(family, size="tiny", seed=0, dtype=None, embedding_directory=None
     return clip
 
 
-def vae_config(size="tiny"):
-    """The ``config`` argument of ``comfy.sd.VAE`` (AutoencoderKL, 8x downscale, 4 channels)."""
-    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
+def vae_config(size="tiny", channels=4):
+    """The ``config`` argument of ``comfy.sd.VAE`` (AutoencoderKL, 8x downscale; 4 latent channels, 16 for the
+    SD3 / Flux.1 layout)."""
+    ddconfig = {"double_z": True, "z_channels": channels, "resolution": 256, "in_channels": 3, "out_ch": 3,
                 "attn_resolutions": [], "dropout": 0.0, **_VAE_DDCONFIG["tiny" if size == "tiny" else "full"]}
-    return {"params": {"embed_dim": 4, "ddconfig": ddconfig}}
+    return {"params": {"embed_dim": channels, "ddconfig": ddconfig}}
 
 
-def build_vae(size="tiny", seed=0, dtype=None):
-    """Build an SD-style KL VAE with random weights (``dtype=None``: the host's choice)."""
+def build_vae(size="tiny", seed=0, dtype=None, channels=4):
+    """Build an SD-style KL VAE with random weights (``dtype=None``: the host's choice; ``channels``: latent)."""
     import comfy.ldm.models.autoencoder
     import comfy.sd
 
-    config = vae_config(size)
+    config = vae_config(size, channels)
     autoencoder = comfy.ldm.models.autoencoder.AutoencoderKL(**config["params"])
     init_random_weights_(autoencoder, seed, "vae")
     return comfy.sd.VAE(sd=autoencoder.state_dict(), config=config, dtype=dtype)

@@ -64,17 +64,30 @@ def test_workflow_names_its_models_as_the_host_templates_do(path):
 def test_workflow_runs_headless(host, all_nodes, path):
     sys.path.insert(0, str(ROOT / "scripts"))
     import folder_paths
+    import make_workflows
     from workflow_api import ui_to_api
 
     workflow = json.loads(path.read_text())
-    family = "sdxl" if "xl" in path.stem else "sd15"
-    prompt = host.with_random_checkpoints(ui_to_api(workflow, all_nodes), family=family)
+    ckpt = make_workflows.WORKFLOWS.get(path.stem, (None, None))[1]
+    prompt = ui_to_api(workflow, all_nodes)
+    if ckpt in make_workflows.FLOW_FAMILIES:  # SD3.5 / Flux.1: a tiny model of the family, its CLIP and a VAE
+        sys.path.insert(0, str(ROOT / "tests" / "host"))
+        import flow_server_nodes
+
+        all_nodes.update(flow_server_nodes.NODE_CLASS_MAPPINGS)
+        for node in prompt.values():
+            if node["class_type"] == "CheckpointLoaderSimple":
+                node.update(class_type="LeditsTestTinyFlowCheckpoint",
+                            inputs={"family": make_workflows.FLOW_FAMILIES[ckpt], "seed": 0})
+    else:
+        prompt = host.with_random_checkpoints(prompt, family="sdxl" if "xl" in path.stem else "sd15")
+    shipped = make_workflows.INVERSION.get(ckpt, {}).get("steps", 50)
     for node in prompt.values():
         if node["class_type"] == "LoadImage":
             shutil.copy(ROOT / "assets" / node["inputs"]["image"], Path(folder_paths.get_input_directory()))
         if node["class_type"] == "LeditsInversion":
-            shipped = 20 if node_is_toy(prompt) else 50
-            assert node["inputs"]["steps"] == shipped and node["inputs"]["sampler"] == "dpmpp_2m_sde"
+            steps = 20 if node_is_toy(prompt) else shipped
+            assert node["inputs"]["steps"] == steps and node["inputs"]["sampler"] == "dpmpp_2m_sde"
             node["inputs"]["steps"] = 3  # keep CPU time short; everything else as shipped
     decode = next(i for i, n in prompt.items() if n["class_type"] == "VAEDecode")
     outputs = host.run_prompt(prompt, outputs=None)

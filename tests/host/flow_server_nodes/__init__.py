@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 _FLOW_MODELS = Path(__file__).resolve().parents[2] / "flow_models.py"
+_RANDOM_MODELS = Path(__file__).resolve().parents[3] / "scripts" / "random_models.py"
 _CLIPS = {}
 
 
@@ -38,6 +39,28 @@ class LeditsTestTinyFlowClip:
         return (_CLIPS[key],)
 
 
+class LeditsTestTinyFlowCheckpoint:
+    """Stands in for an SD3.5 / Flux.1 checkpoint in the example workflows' headless runs: the tiny model of the
+    family (host classes), its tiny CLIP and a tiny random 16-channel VAE."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"family": (["sd35m", "flux_dev", "flux_schnell"],), "seed": ("INT", {"default": 0})}}
+
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    FUNCTION = "load"
+    CATEGORY = "LEDITS++ tests"
+
+    def load(self, family, seed):
+        flow = _flow()
+        spec = importlib.util.spec_from_file_location("ledits_test_random_models", _RANDOM_MODELS)
+        random_models = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(random_models)
+        model = flow.build_model(family, "tiny", seed=seed, text_dims=flow.tiny_clip_text_dims(family))
+        clip = LeditsTestTinyFlowClip().build(family, seed)[0]
+        return model, clip, random_models.build_vae("tiny", seed, channels=16)
+
+
 class LeditsTestPhotoLatent:
     @classmethod
     def INPUT_TYPES(cls):
@@ -57,4 +80,5 @@ def photo_latent(batch, height, width, seed):
     return torch.randn((batch, 16, height, width), generator=torch.Generator().manual_seed(int(seed)))
 
 
-NODE_CLASS_MAPPINGS = {"LeditsTestTinyFlowClip": LeditsTestTinyFlowClip, "LeditsTestPhotoLatent": LeditsTestPhotoLatent}
+NODE_CLASS_MAPPINGS = {"LeditsTestTinyFlowClip": LeditsTestTinyFlowClip, "LeditsTestPhotoLatent": LeditsTestPhotoLatent,
+                       "LeditsTestTinyFlowCheckpoint": LeditsTestTinyFlowCheckpoint}
