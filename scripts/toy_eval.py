@@ -220,6 +220,28 @@ def alteration(vae, out, before_img, target, new_colour, other) -> dict:
             "rise_ratio": rise_in / max(rise_out, 1e-4) if rise_in > 0 else 0.0, "image": after_img}
 
 
+def covered(after_img, target, colour) -> float:
+    """Share of the object's own pixels that show ``colour`` after an edit."""
+    return float(toy_world.colour_pixels(after_img, colour)[target.mask].mean())
+
+
+# Per-scene success (issue 18): what a user means by "the edit did what it says", scene by scene.
+SUCCESS = {
+    "removal": "colour pixels drop >= 50 %, >= 50 % of its area background, the other object keeps >= 90 %",
+    "alteration": "the new colour covers >= 30 % of the object, the other object keeps >= 90 %",
+    "swap": "prompt edit: the new colour covers >= 30 % of the object, the other object keeps >= 90 %",
+}
+
+
+def successes(fig: dict) -> dict:
+    """Which of a scene's edits succeeded (evaluate_scene()'s figures), by SUCCESS's definitions."""
+    out = {"removal": fig["colour_drop"] >= 0.5 and fig["cleared"] >= 0.5 and fig["other_kept"] >= 0.9,
+           "alteration": fig["alter_covered"] >= 0.3 and fig["alter_other_kept"] >= 0.9}
+    if "swap_covered" in fig:
+        out["swap"] = fig["swap_covered"] >= 0.3 and fig["swap_other_kept"] >= 0.9
+    return out
+
+
 def new_colour_for(scene) -> str:
     used = {o.colour for o in scene.objects}
     return next(c for c in toy_world.COLOURS if c not in used)
@@ -246,6 +268,7 @@ def evaluate_scene(pack: Pack, model, clip, vae, scene, target_index: int = 0, m
     fig.update({k: v for k, v in rm.items() if k != "image"})
     fig.update({k: v for k, v in alt.items() if k not in ("image", "other_kept")})
     fig["alter_other_kept"] = alt["other_kept"]
+    fig["alter_covered"] = covered(alt["image"], target, new)
     fig["alter_text"] = alter_text
     if masks_matter:  # the removal (its object is in the scene) with mask mode none, at the same scale
         out_none, _, _ = edit(pack, model, clip, inv, target.words, True, mask_mode="none", **REMOVE)
@@ -325,7 +348,8 @@ def swap(pack: Pack, model, clip, vae, scene, inversion, latent, before_img, tar
     out, _ = pack.sampler.run_edit(model, inversion, None, "intersect", edit_)
     alt = alteration(vae, out, before_img, target, new, other)
     return {**fig, "swap_caption": new_caption, "swap_rise_ratio": alt["rise_ratio"], "swap_rise_in": alt["rise_in"],
-            "swap_other_kept": alt["other_kept"], "_swap_image": alt["image"]}
+            "swap_other_kept": alt["other_kept"], "swap_covered": covered(alt["image"], target, new),
+            "_swap_image": alt["image"]}
 
 
 def grid(figures: list[dict]) -> np.ndarray:
@@ -348,6 +372,10 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("--scenes", type=int, default=20, help="test scenes 0..N-1 (the semantic tests use 20)")
+    p.add_argument("--split", default="test", choices=("test", "val"),
+                   help="the test scenes, or the validation stream (for choosing settings)")
+    p.add_argument("--targets", default="first", choices=("first", "both"),
+                   help="edit the first-named object only, or each scene once per object")
     p.add_argument("--grid", type=Path, help="write input | removal | alteration | prompt edit, a row per scene "
                                              "(docs/toy_test_scenes.png)")
     args = p.parse_args(argv)
@@ -356,9 +384,17 @@ def main(argv=None) -> int:
     model, clip, vae = hostenv.import_pack_module("nodes.toy_model").load_toy_model()
     figures = []
     for i in range(args.scenes):
-        fig = evaluate_scene(pack, model, clip, vae, toy_world.test_scene(i), same_caption=i < 5)
-        print(f"scene {i}: {fig['scene']}\n  " + "\n  ".join(describe(fig)), flush=True)
-        figures.append(fig)
+        for target in (0, 1) if args.targets == "both" else (0,):
+            fig = evaluate_scene(pack, model, clip, vae, toy_world.test_scene(i, args.split), target,
+                                 same_caption=i < 5)
+            fig["success"] = successes(fig)
+            print(f"scene {i} ({args.split}, object {target}): {fig['scene']}\n  " + "\n  ".join(describe(fig))
+                  + f"\n  succeeded: {fig['success']}", flush=True)
+            figures.append(fig)
+    print(f"per-scene success over {len(figures)} edits of each kind:")
+    for kind, definition in SUCCESS.items():
+        hits = [f["success"][kind] for f in figures if kind in f["success"]]
+        print(f"  {kind}: {sum(hits)} of {len(hits)}  ({definition})")
     print(f"medians over {len(figures)} scenes (worst case in brackets):")
     for key, what, target in FIGURES:
         values = np.array([f[key] for f in figures if key in f])

@@ -23,7 +23,8 @@ BACKGROUND = (238, 236, 230)
 HALF_SIZE = (17, 27)  # half the object's side / its radius, in px (objects 34..54 px wide)
 MARGIN = 4  # px between objects and from the border
 
-_SPLITS = {"train": 0x7A1, "test": 0x7E5}  # the first word of each split's seed sequence
+# The first word of each split's seed sequence. "val": a third stream for choosing settings, never the test scenes.
+_SPLITS = {"train": 0x7A1, "test": 0x7E5, "val": 0x7A7}
 
 
 @dataclass
@@ -116,9 +117,10 @@ def scene(index: int, split: str = "train", n_objects: int | None = None) -> Toy
     return render(list(zip(colours, shapes, centres, halves, strict=True)))
 
 
-def test_scene(index: int) -> ToyScene:
-    """Held-out two-object scene ``index`` with different colours and different shapes (the semantic tests)."""
-    rng = rng_for(index, "test")
+def test_scene(index: int, split: str = "test") -> ToyScene:
+    """Held-out two-object scene ``index`` with different colours and different shapes (the semantic tests;
+    ``split="val"``: the same kind of scene from the validation stream, for choosing settings)."""
+    rng = rng_for(index, split)
     colours = list(rng.choice(list(COLOURS), size=2, replace=False))
     shapes = list(rng.permutation(SHAPES))
     halves = [int(rng.integers(HALF_SIZE[0] + 3, HALF_SIZE[1] + 1)) for _ in range(2)]
