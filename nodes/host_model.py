@@ -6,13 +6,13 @@ import torch
 
 from .objects import ModelKind
 
-SUPPORTED = ("SD1.x, SD2.x (eps and v-prediction), SDXL base, SD3/SD3.5 and Flux.1 (dev, schnell) models")
-FLOW_FAMILIES = ("sd3", "flux")
+SUPPORTED = ("SD1.x, SD2.x (eps and v-prediction), SDXL base, SD3/SD3.5, Flux.1 (dev, schnell) and Chroma models")
+FLOW_FAMILIES = ("sd3", "flux", "chroma")
 
 
 def model_kind(model) -> ModelKind:
     """Family / prediction / latent format of a ModelPatcher; raises for anything but SD1.x, SD2.x, SDXL,
-    SD3.x (MMDiT) and Flux.1."""
+    SD3.x (MMDiT), Flux.1 and Chroma (Flux's blocks with real CFG; not Chroma Radiance, a pixel-space model)."""
     import comfy.model_base as mb
     import comfy.supported_models as sm
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
@@ -30,13 +30,15 @@ def model_kind(model) -> ModelKind:
     elif type(base) is mb.Flux:
         family = "flux"
         distilled = bool(base.model_config.unet_config.get("guidance_embed", False))
+    elif type(base) is getattr(mb, "Chroma", None):
+        family = "chroma"  # its "distilled guidance" layer makes modulations only: real CFG, as SD3
     else:
         raise ValueError(f"LEDITS++ does not support this model ({name}); it supports {SUPPORTED}.")
     prediction = {mb.ModelType.EPS: "eps", mb.ModelType.V_PREDICTION: "v"}.get(base.model_type)
     if prediction is None and noise_parametrization(model) == "flow":
         prediction = "flow"  # FLOW (SD3, schnell) or FLUX (dev, its own shift): CONST sampling either way
     if prediction is None or (prediction == "flow") != (family in FLOW_FAMILIES):
-        raise ValueError(f"LEDITS++ supports eps and v-prediction UNets and flow-matching SD3/Flux models; {name} "
+        raise ValueError(f"LEDITS++ supports eps and v-prediction UNets and flow-matching SD3/Flux/Chroma models; {name} "
                          f"uses {base.model_type.name}.")
     return ModelKind(family, prediction, type(base.latent_format).__name__, distilled)
 

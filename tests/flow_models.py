@@ -1,4 +1,4 @@
-"""Random-weight SD3.5-medium, Flux.1-dev and Flux.1-schnell models built from the host's own classes.
+"""Random-weight SD3.5-medium, Flux.1-dev, Flux.1-schnell and Chroma models built from the host's own classes.
 
 Test and benchmark support for issue 17 (LEDITS++ on flow transformers), not part of the pack. The host
 must be imported first (``scripts/hostenv.py``: ``hostenv.import_host()``); ``comfy.*`` is imported
@@ -6,7 +6,8 @@ inside the functions, so importing this module does nothing. Findings behind it:
 
 Families: ``"sd35m"`` (SD3.5 medium: MMDiT-X with RMS q/k norm and dual attention in its first blocks),
 ``"flux_dev"`` (guidance-distilled: ``guidance_in`` embedder, ``ModelSamplingFlux``) and ``"flux_schnell"``
-(no guidance embedder, FLOW sampling with shift 1 and multiplier 1).
+(no guidance embedder, FLOW sampling with shift 1 and multiplier 1); ``"chroma"`` (Flux's blocks with real CFG:
+no guidance or pooled input, modulations from an approximator; T5 only; built, not detected, at "tiny").
 
 Sizes:
 
@@ -34,7 +35,7 @@ import math
 
 import torch
 
-FAMILIES = ("sd35m", "flux_dev", "flux_schnell")
+FAMILIES = ("sd35m", "flux_dev", "flux_schnell", "chroma")
 SIZES = ("tiny", "real", "full")
 
 # The text inputs the published models take: context width, pooled width, tokens of a short prompt.
@@ -45,6 +46,7 @@ TEXT_DIMS = {
     "sd35m": {"context": 4096, "pooled": 2048, "tokens": 77 + 77},
     "flux_dev": {"context": 4096, "pooled": 768, "tokens": 256},
     "flux_schnell": {"context": 4096, "pooled": 768, "tokens": 256},
+    "chroma": {"context": 4096, "pooled": None, "tokens": 256},  # T5-XXL only, no pooled vector
 }
 SD3_CLIP_ROWS = 77  # per 75-token CLIP chunk; T5 rows start after all CLIP chunks
 
@@ -100,6 +102,30 @@ def _flux_config(family, size, blocks, text):
     return cfg
 
 
+def _chroma_config(size, blocks, text):
+    """Chroma kwargs of ``comfy.ldm.chroma.model.Chroma``: Flux's blocks without guidance or pooled input, their
+    modulations from the "distilled guidance" approximator (in 64 wide: timestep, guidance and index embeddings;
+    out = the model's width). The hosts' detection fixes the width at 3072 (approximator 5120 wide, 5 layers):
+    a "tiny" Chroma is built, not detected."""
+    from comfy.ldm.chroma.model import ChromaParams
+
+    depth, single = blocks if blocks is not None else _DEFAULT_BLOCKS[size]["flux"]
+    hidden, heads = (256, 2) if size == "tiny" else (3072, 24)
+    cfg = {
+        "image_model": "chroma", "in_channels": 64, "out_channels": 64, "patch_size": 2,
+        "context_in_dim": text["context"], "hidden_size": hidden, "mlp_ratio": 4.0, "num_heads": heads,
+        "depth": depth, "depth_single_blocks": single, "axes_dim": [16, 56, 56], "theta": 10000, "qkv_bias": True,
+        "in_dim": 64, "out_dim": hidden, "hidden_dim": 128 if size == "tiny" else 5120,
+        "n_layers": 2 if size == "tiny" else 5,
+    }
+    fields = {f.name for f in dataclasses.fields(ChromaParams)}
+    if "txt_ids_dims" in fields:  # 0.33.0
+        cfg["txt_ids_dims"] = []
+    if "vec_in_dim" in fields:
+        cfg["vec_in_dim"] = None
+    return cfg
+
+
 def unet_config(family, size="tiny", blocks=None, text_dims=None):
     """The diffusion model's config (the host's ``unet_config``) for ``family`` at ``size``.
 
@@ -110,6 +136,8 @@ def unet_config(family, size="tiny", blocks=None, text_dims=None):
     text = {**TEXT_DIMS[family], **(text_dims or {})}
     if family == "sd35m":
         return _sd3_config(size, blocks, text)
+    if family == "chroma":
+        return _chroma_config(size, blocks, text)
     return _flux_config(family, size, blocks, text)
 
 
@@ -231,6 +259,8 @@ def family_of_config(config):
         return "flux_schnell"
     if kind is sm.Flux:
         return "flux_dev" if config.unet_config.get("guidance_embed") else "flux"
+    if kind is sm.Chroma:
+        return "chroma"
     return kind.__name__
 
 
@@ -262,7 +292,9 @@ def conditioning(family, batch=1, seed=0, tokens=None, guidance=3.5, text_dims=N
     cond = torch.randn((batch, n, text["context"]), generator=generator)
     if family == "sd35m" and text["context"] == 4096:
         cond[:, :SD3_CLIP_ROWS, 768 + 1280:] = 0
-    extra = {"pooled_output": torch.randn((batch, text["pooled"]), generator=generator)}
+    # Chroma: the host's T5-only encoder gives pooled_output None (0.3.64's Flux.encode_adm reads the key)
+    extra = {"pooled_output": None if text["pooled"] is None else torch.randn((batch, text["pooled"]),
+                                                                             generator=generator)}
     if family == "flux_dev" and guidance is not None:
         extra["guidance"] = float(guidance)
     return [[cond, extra]]
@@ -293,7 +325,8 @@ def apply_model(model, x, sigma, cond):
     """One raw ``BaseModel.apply_model`` call (the denoised prediction) with hand-made inputs, bypassing the
     host's cond handling: ``cond`` is one ``[tensor, extras]`` entry of a CONDITIONING."""
     tensor, extra = cond
-    kwargs = {"y": extra["pooled_output"].expand(x.shape[0], -1)}
+    pooled = extra.get("pooled_output")
+    kwargs = {"y": pooled.expand(x.shape[0], -1)} if pooled is not None else {}
     if model.model.model_config.unet_config.get("guidance_embed"):
         kwargs["guidance"] = torch.full((x.shape[0],), float(extra.get("guidance", 3.5)))
     sigma = torch.full((x.shape[0],), float(sigma))
@@ -313,6 +346,8 @@ def tiny_clip_text_dims(family):
     """The ``text_dims`` a model must be built with to take ``build_clip(family)``'s conditionings."""
     if family == "sd35m":
         return {"context": 4096, "pooled": _TINY_CLIP["clip_l"][0] + _TINY_CLIP["clip_g"][0]}
+    if family == "chroma":
+        return {"context": _TINY_T5["flux"]["d_model"], "pooled": None}
     return {"context": _TINY_T5["flux"]["d_model"], "pooled": _TINY_CLIP["clip_l"][0]}
 
 
@@ -323,7 +358,7 @@ def build_clip(family, seed=0, dtype=torch.float32, embedding_directory=None):
     import comfy.supported_models as sm
 
     options = {"dtype": dtype}
-    names = ("clip_l", "clip_g") if family == "sd35m" else ("clip_l",)
+    names = {"sd35m": ("clip_l", "clip_g"), "chroma": ()}.get(family, ("clip_l",))
     for name in names:
         hidden, heads, layers = _TINY_CLIP[name]
         options[f"{name}_model_config"] = {"hidden_size": hidden, "intermediate_size": 2 * hidden,
@@ -335,6 +370,10 @@ def build_clip(family, seed=0, dtype=torch.float32, embedding_directory=None):
 
         target = sm.supported_models_base.ClipTarget(sd3_clip.SD3Tokenizer, sd3_clip.sd3_clip(
             clip_l=True, clip_g=True, t5=True, dtype_t5=dtype))
+    elif family == "chroma":  # T5 alone, as the host's Chroma model config pairs it
+        import comfy.text_encoders.pixart_t5 as pixart_t5
+
+        target = sm.supported_models_base.ClipTarget(pixart_t5.PixArtTokenizer, pixart_t5.pixart_te(dtype_t5=dtype))
     else:
         import comfy.text_encoders.flux as flux_te
 
