@@ -230,6 +230,8 @@ SUCCESS = {
     "removal": "colour pixels drop >= 50 %, >= 50 % of its area background, the other object keeps >= 90 %",
     "alteration": "the new colour covers >= 30 % of the object, the other object keeps >= 90 %",
     "swap": "prompt edit: the new colour covers >= 30 % of the object, the other object keeps >= 90 %",
+    "two_in_one": "one sampler removes the object and recolours the other: the removal's colour and area "
+                  "conditions, and the new colour on >= 30 % of the other object",
 }
 
 
@@ -239,6 +241,9 @@ def successes(fig: dict) -> dict:
            "alteration": fig["alter_covered"] >= 0.3 and fig["alter_other_kept"] >= 0.9}
     if "swap_covered" in fig:
         out["swap"] = fig["swap_covered"] >= 0.3 and fig["swap_other_kept"] >= 0.9
+    if "two_colour_drop" in fig:
+        out["two_in_one"] = (fig["two_colour_drop"] >= 0.5 and fig["two_cleared"] >= 0.5
+                             and fig["two_other_covered"] >= 0.3)
     return out
 
 
@@ -275,11 +280,30 @@ def evaluate_scene(pack: Pack, model, clip, vae, scene, target_index: int = 0, m
         _, out_i, _ = latent_change_ratio(latent, out_rm, target, latent.shape[-1])
         _, out_n, _ = latent_change_ratio(latent, out_none, target, latent.shape[-1])
         fig["outside_intersect_over_none"] = out_i / max(out_n, 1e-12)
+    two = two_in_one(pack, model, clip, vae, inv, before_img, scene, target_index)
+    fig.update({k: v for k, v in two.items() if k != "image"})
     if with_swap:
         fig.update(swap(pack, model, clip, vae, scene, inv, latent, before_img, target_index, same_caption))
-    fig["_images"] = {"input": before_img, "removed": rm["image"], "altered": alt["image"]}
+    fig["_images"] = {"input": before_img, "removed": rm["image"], "altered": alt["image"], "two": two["image"]}
     fig["_masks"] = {"removal": masks_rm, "alteration": masks_alt}
     return fig
+
+
+def two_in_one(pack: Pack, model, clip, vae, inversion, before_img, scene, target_index: int) -> dict:
+    """Two concepts in one sampler: remove the target (REMOVE) and give the other object the colour no object has
+    (ALTER). The removal's figures on the target, and the share of the other object now in the new colour."""
+    target, other = scene.objects[target_index], scene.objects[1 - target_index]
+    new = new_colour_for(scene)
+    concepts = [pack.concept.make_concept(clip, target.words, reverse=True, warmup=0.0, cooldown=1.0, **REMOVE),
+                pack.concept.make_concept(clip, f"{new} {other.shape}", reverse=False, warmup=0.0, cooldown=1.0,
+                                          **ALTER)]
+    out, _ = pack.sampler.run_edit(model, inversion, concepts, "intersect")
+    img = decode(vae, out)
+    drop = 1.0 - float(toy_world.colour_pixels(img, target.colour).sum()) / max(
+        float(toy_world.colour_pixels(before_img, target.colour).sum()), 1.0)
+    return {"two_colour_drop": drop, "two_cleared": float(toy_world.background_pixels(img)[target.mask].mean()),
+            "two_other_covered": covered(img, other, new), "two_text": f"-{target.words} +{new} {other.shape}",
+            "image": img}
 
 
 FIGURES = [  # (key, what it is, the semantic tests' target)
@@ -295,17 +319,24 @@ FIGURES = [  # (key, what it is, the semantic tests' target)
     ("latent_in_out", "removal: latent change inside the object / outside", ">= 5"),
     ("rise_ratio", "alteration: new-colour pixels rise inside / elsewhere", ">= 3"),
     ("alter_other_kept", "alteration: share of the other object's colour pixels kept (not a target)", ""),
+    ("two_colour_drop", "two in one: share of the removed object's colour pixels gone", ""),
+    ("two_cleared", "two in one: share of the removed object's pixels now background", ""),
+    ("two_other_covered", "two in one: share of the other object now in the new colour", ""),
     ("outside_intersect_over_none", "removal: latent change outside the object, intersect / none", "<= 0.5"),
     ("reconstruction", "reconstruction without concepts: max abs latent error", "<= 1e-4"),
     ("swap_rise_ratio", "prompt edit (colour word swapped): new-colour rise inside / elsewhere", ">= 3"),
     ("swap_other_kept", "prompt edit: share of the other object's colour pixels kept", ">= 0.9"),
     ("swap_same_caption_error", "prompt edit, target = source: max abs latent error", "<= 1e-4"),
+    ("blend_exact_share", "prompt edit with local blend: share of the latent exactly the photo", ""),
+    ("blend_other_exact", "prompt edit with local blend: share of the other object exactly the photo", ""),
+    ("blend_covered", "prompt edit with local blend: share of the object in the new colour", ""),
 ]
 
 
 def describe(fig: dict) -> list[str]:
     """One line per figure of evaluate_scene()'s result."""
     lines = [f"removal: -{fig['target']}   alteration: +{fig['alter_text']}"
+             + (f"   two in one: {fig['two_text']}" if "two_text" in fig else "")
              + (f"   prompt edit: {fig['swap_caption']!r}" if "swap_caption" in fig else "")]
     for key, what, target in FIGURES:
         if key in fig:
@@ -347,16 +378,37 @@ def swap(pack: Pack, model, clip, vae, scene, inversion, latent, before_img, tar
     edit_ = pack.prompt.make_prompt_edit(clip, scene.caption, new_caption, scale=SWAP_SCALE, **SWAP)
     out, _ = pack.sampler.run_edit(model, inversion, None, "intersect", edit_)
     alt = alteration(vae, out, before_img, target, new, other)
+    fig.update(swap_blend(pack, model, clip, vae, scene, inversion, latent, target_index))
     return {**fig, "swap_caption": new_caption, "swap_rise_ratio": alt["rise_ratio"], "swap_rise_in": alt["rise_in"],
             "swap_other_kept": alt["other_kept"], "swap_covered": covered(alt["image"], target, new),
             "_swap_image": alt["image"]}
 
 
+def swap_blend(pack: Pack, model, clip, vae, scene, inversion, latent, target_index: int = 0) -> dict:
+    """The same swap with a local blend on the words it changes and the object's shape word ("red green circle"):
+    outside the final blend mask the result must be the photo's latent exactly; how much of the latent and of the
+    other object that is, and the new colour's share of the object."""
+    target, other = scene.objects[target_index], scene.objects[1 - target_index]
+    new_caption, new = swap_caption(scene, target_index)
+    edit_ = pack.prompt.make_prompt_edit(clip, scene.caption, new_caption, scale=SWAP_SCALE,
+                                         blend_words=f"{target.colour} {new} {target.shape}", **SWAP)
+    out, masks = pack.sampler.run_edit(model, inversion, None, "intersect", edit_)
+    blend = masks.stack("final", 0, masks.steps - 1, masks.steps - 1)[:1, None]  # (1, 1, h, w) in {0, 1}
+    same = (out == latent).all(1, keepdim=True)
+    size = latent.shape[-1]
+    other_cells = torch.from_numpy(toy_world.downsample_mask(other.mask, size) >= 0.5)
+    return {"blend_outside_exact": bool(same[blend < 0.5].all()) if (blend < 0.5).any() else True,
+            "blend_exact_share": float(same.float().mean()),
+            "blend_other_exact": float(same[0, 0][other_cells].float().mean()),
+            "blend_covered": covered(decode(vae, out), target, new)}
+
+
 def grid(figures: list[dict]) -> np.ndarray:
-    """(H, W, 3) uint8: one row per scene of evaluate_scene() results: input | removal | alteration | prompt edit."""
+    """(H, W, 3) uint8: one row per scene of evaluate_scene() results: input | removal | alteration | two in one |
+    prompt edit."""
     rows = []
     for fig in figures:
-        panels = [fig["_images"][k] for k in ("input", "removed", "altered")] + [fig["_swap_image"]]
+        panels = [fig["_images"][k] for k in ("input", "removed", "altered", "two")] + [fig["_swap_image"]]
         gap = np.zeros((panels[0].shape[0], 4, 3), dtype=np.float32)
         row = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
         rows += [row, np.zeros((4, row.shape[1], 3), dtype=np.float32)]
@@ -374,17 +426,19 @@ def main(argv=None) -> int:
     p.add_argument("--scenes", type=int, default=20, help="test scenes 0..N-1 (the semantic tests use 20)")
     p.add_argument("--split", default="test", choices=("test", "val"),
                    help="the test scenes, or the validation stream (for choosing settings)")
-    p.add_argument("--targets", default="first", choices=("first", "both"),
-                   help="edit the first-named object only, or each scene once per object")
-    p.add_argument("--grid", type=Path, help="write input | removal | alteration | prompt edit, a row per scene "
-                                             "(docs/toy_test_scenes.png)")
+    p.add_argument("--targets", default="drawn", choices=("drawn", "first", "both"),
+                   help="edit the object drawn for each scene (toy_world.test_target, as the semantic tests), the "
+                        "first-named one, or each scene once per object")
+    p.add_argument("--grid", type=Path, help="write input | removal | alteration | two in one | prompt edit, a row "
+                                             "per scene (docs/toy_test_scenes.png)")
     args = p.parse_args(argv)
     hostenv.import_host()
     pack = Pack.load()
     model, clip, vae = hostenv.import_pack_module("nodes.toy_model").load_toy_model()
     figures = []
     for i in range(args.scenes):
-        for target in (0, 1) if args.targets == "both" else (0,):
+        targets = {"both": (0, 1), "first": (0,), "drawn": (toy_world.test_target(i, args.split),)}[args.targets]
+        for target in targets:
             fig = evaluate_scene(pack, model, clip, vae, toy_world.test_scene(i, args.split), target,
                                  same_caption=i < 5)
             fig["success"] = successes(fig)

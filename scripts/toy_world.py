@@ -128,6 +128,13 @@ def test_scene(index: int, split: str = "test") -> ToyScene:
     return render(list(zip(colours, shapes, centres, halves, strict=True)))
 
 
+def test_target(index: int, split: str = "test") -> int:
+    """Which object of ``test_scene(index, split)`` the tests edit (0 or 1): drawn from its own seed sequence, not
+    picked, and not always the first one named."""
+    rng_for(index, split)  # checks the split
+    return int(np.random.default_rng([_SPLITS[split], int(index), 1]).integers(2))
+
+
 def colour_pixels(image: np.ndarray, colour: str, tol: float = 60.0) -> np.ndarray:
     """Pixels of a named colour: nearest to it among the palette and the background, and within ``tol``
     (Euclidean, 0..255 RGB). ``image``: uint8 or float (H, W, 3) in 0..255."""

@@ -1,0 +1,162 @@
+"""Choose the toy model's edit settings on the validation scenes (issue 18): never on the test scenes.
+
+Each setting of a grid is run on validation scenes 0..N-1 of toy_world's "val" stream, once per object of
+each scene, and scored by toy_eval's per-scene success (toy_eval.SUCCESS). Inversions are shared by every
+setting with the same skip and source. One JSON line per (setting, scene, object) goes to --out, so that a
+stopped sweep resumes where it was; the summary ranks the settings by successes.
+
+    python scripts/toy_sweep.py --kind removal --scales 25,40,60 --thresholds 0.9,0.95 \\
+        --skips 0,0.15 --sources caption,none --scenes 10 --out out/sweep_removal.jsonl
+
+``--kind``: removal (-object), alteration (+new colour on the object), swap (the prompt edit's colour word;
+its scale is --scales, its cross/self replace --cross and --self, its source is always the caption).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import hostenv  # noqa: E402
+import toy_eval  # noqa: E402
+import toy_world  # noqa: E402
+
+SPLIT = "val"  # settings are chosen here only; the test scenes are for measuring what was chosen
+
+
+def floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kind", required=True, choices=("removal", "alteration", "swap"))
+    p.add_argument("--scales", type=floats, required=True)
+    p.add_argument("--thresholds", type=floats, default=[0.9], help="concept edits: the mask threshold")
+    p.add_argument("--skips", type=floats, default=[toy_eval.SKIP])
+    p.add_argument("--sources", default="caption", help="comma list of caption / none: the inversion's source")
+    p.add_argument("--cross", type=floats, default=[toy_eval.SWAP["cross_replace"]], help="swap: cross_replace")
+    p.add_argument("--self", dest="self_", type=floats, default=[toy_eval.SWAP["self_replace"]],
+                   help="swap: self_replace")
+    p.add_argument("--scenes", type=int, default=10, help="validation scenes 0..N-1, each object edited once")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="JSON lines, appended (the sweep resumes from it)")
+    return p.parse_args(argv)
+
+
+def settings(args) -> list[dict]:
+    sources = [s for s in args.sources.split(",") if s]
+    for s in sources:
+        if s not in ("caption", "none"):
+            raise SystemExit(f"--sources: caption or none, not {s!r}")
+    if args.kind == "swap":
+        if sources != ["caption"]:
+            raise SystemExit("--kind swap edits the caption: its inversion's source is the caption (--sources caption)")
+        return [{"skip": k, "source": "caption", "scale": s, "cross_replace": c, "self_replace": r}
+                for k, s, c, r in itertools.product(args.skips, args.scales, args.cross, args.self_)]
+    return [{"skip": k, "source": src, "scale": s, "threshold": t}
+            for k, src, s, t in itertools.product(args.skips, sources, args.scales, args.thresholds)]
+
+
+def key_of(setting: dict) -> str:
+    return json.dumps(setting, sort_keys=True)
+
+
+def invert(pack, model, clip, latent, scene, skip: float, source: str):
+    src = clip.encode_from_tokens_scheduled(clip.tokenize(scene.caption)) if source == "caption" else None
+    return pack.inversion.invert_latent(model, clip, {"samples": latent}, steps=toy_eval.STEPS, skip=skip,
+                                        sampler="dpmpp_2m_sde", scheduler="karras", seed=toy_eval.SEED,
+                                        source=src, source_scale=toy_eval.SOURCE_SCALE)
+
+
+@torch.no_grad()
+def score(kind: str, setting: dict, pack, model, clip, vae, scene, inv, before_img, target_index: int) -> dict:
+    target, other = scene.objects[target_index], scene.objects[1 - target_index]
+    if kind == "swap":
+        caption, new = toy_eval.swap_caption(scene, target_index)
+        edit = pack.prompt.make_prompt_edit(clip, scene.caption, caption, scale=setting["scale"],
+                                            cross_replace=setting["cross_replace"],
+                                            self_replace=setting["self_replace"])
+        out, _ = pack.sampler.run_edit(model, inv, None, "intersect", edit)
+        img = toy_eval.decode(vae, out)
+        fig = {"covered": toy_eval.covered(img, target, new), "other_kept": toy_eval.kept(before_img, img, other)}
+        return {**fig, "success": fig["covered"] >= 0.3 and fig["other_kept"] >= 0.9}
+    concept = {"scale": setting["scale"], "threshold": setting["threshold"]}
+    if kind == "removal":
+        out, _, _ = toy_eval.edit(pack, model, clip, inv, target.words, True, **concept)
+        img = toy_eval.decode(vae, out)
+        before = toy_world.colour_pixels(before_img, target.colour).sum()
+        after = toy_world.colour_pixels(img, target.colour).sum()
+        fig = {"colour_drop": 1.0 - float(after) / max(float(before), 1.0),
+               "cleared": float(toy_world.background_pixels(img)[target.mask].mean()),
+               "other_kept": toy_eval.kept(before_img, img, other)}
+        ok = fig["colour_drop"] >= 0.5 and fig["cleared"] >= 0.5 and fig["other_kept"] >= 0.9
+        return {**fig, "success": ok}
+    new = toy_eval.new_colour_for(scene)
+    out, _, _ = toy_eval.edit(pack, model, clip, inv, f"{new} {target.shape}", False, **concept)
+    img = toy_eval.decode(vae, out)
+    fig = {"covered": toy_eval.covered(img, target, new), "other_kept": toy_eval.kept(before_img, img, other)}
+    return {**fig, "success": fig["covered"] >= 0.3 and fig["other_kept"] >= 0.9}
+
+
+def done_runs(path: Path) -> set[tuple[str, int, int]]:
+    if not path.exists():
+        return set()
+    out = set()
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        out.add((key_of(r["setting"]), r["scene"], r["target"]))
+    return out
+
+
+def summarise(path: Path, kind: str) -> list[tuple[int, int, str]]:
+    hits, runs = defaultdict(int), defaultdict(int)
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        if r["kind"] == kind:
+            k = key_of(r["setting"])
+            runs[k] += 1
+            hits[k] += bool(r["success"])
+    return sorted(((hits[k], runs[k], k) for k in runs), reverse=True)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    grid = settings(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    done = done_runs(args.out)
+    hostenv.import_host()
+    pack = toy_eval.Pack.load()
+    model, clip, vae = hostenv.import_pack_module("nodes.toy_model").load_toy_model()
+    for i in range(args.scenes):
+        scene = toy_world.test_scene(i, SPLIT)
+        latent = toy_eval.encode(vae, scene)
+        before_img = toy_eval.decode(vae, latent)
+        todo = [(s, t) for s in grid for t in (0, 1) if (key_of(s), i, t) not in done]
+        inversions = {}
+        for setting, target in todo:
+            inv_key = (setting["skip"], setting["source"])
+            if inv_key not in inversions:
+                inversions[inv_key] = invert(pack, model, clip, latent, scene, *inv_key)
+            fig = score(args.kind, setting, pack, model, clip, vae, scene, inversions[inv_key], before_img, target)
+            with open(args.out, "a") as f:
+                f.write(json.dumps({"kind": args.kind, "setting": setting, "scene": i, "target": target,
+                                    **fig}) + "\n")
+        print(f"scene {i} done ({len(todo)} runs)", flush=True)
+    print(f"{args.kind}: successes over {args.scenes} validation scenes x 2 objects, best first")
+    for hits, runs, k in summarise(args.out, args.kind):
+        print(f"  {hits:3d} of {runs}  {k}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
