@@ -251,9 +251,9 @@ def test_unsupported_model_is_refused(pack, random_models):
     """A model of a family the pack does not carry (here: a stand-in for one) gets an error naming what is."""
     import types
 
-    class OtherModel:  # not a UNet of SD1.x/2.x/SDXL, nor SD3 or Flux
+    class OtherModel:  # not a UNet of SD1.x/2.x/SDXL, nor SD3, Flux or Chroma
         model_config = types.SimpleNamespace(unet_config={})
         diffusion_model = torch.nn.Identity()
 
-    with pytest.raises(ValueError, match="supports SD1.x, SD2.x .*SD3/SD3.5 and Flux.1"):
+    with pytest.raises(ValueError, match="supports SD1.x, SD2.x .*SD3/SD3.5, Flux.1 .*and Chroma"):
         pack["host_model"].model_kind(types.SimpleNamespace(model=OtherModel()))
