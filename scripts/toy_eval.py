@@ -235,15 +235,24 @@ SUCCESS = {
 }
 
 
+def removed(colour_drop: float, cleared: float, other_kept: float) -> bool:
+    """A removal landed (SUCCESS["removal"]), from its figures."""
+    return colour_drop >= 0.5 and cleared >= 0.5 and other_kept >= 0.9
+
+
+def recoloured(covered: float, other_kept: float) -> bool:
+    """An alteration or a swap landed (SUCCESS["alteration"], SUCCESS["swap"]), from its figures."""
+    return covered >= 0.3 and other_kept >= 0.9
+
+
 def successes(fig: dict) -> dict:
     """Which of a scene's edits succeeded (evaluate_scene()'s figures), by SUCCESS's definitions."""
-    out = {"removal": fig["colour_drop"] >= 0.5 and fig["cleared"] >= 0.5 and fig["other_kept"] >= 0.9,
-           "alteration": fig["alter_covered"] >= 0.3 and fig["alter_other_kept"] >= 0.9}
+    out = {"removal": removed(fig["colour_drop"], fig["cleared"], fig["other_kept"]),
+           "alteration": recoloured(fig["alter_covered"], fig["alter_other_kept"])}
     if "swap_covered" in fig:
-        out["swap"] = fig["swap_covered"] >= 0.3 and fig["swap_other_kept"] >= 0.9
-    if "two_colour_drop" in fig:
-        out["two_in_one"] = (fig["two_colour_drop"] >= 0.5 and fig["two_cleared"] >= 0.5
-                             and fig["two_other_covered"] >= 0.3)
+        out["swap"] = recoloured(fig["swap_covered"], fig["swap_other_kept"])
+    if "two_colour_drop" in fig:  # the removal's colour and area conditions, the new colour on the other object
+        out["two_in_one"] = removed(fig["two_colour_drop"], fig["two_cleared"], 1.0) and fig["two_other_covered"] >= 0.3
     return out
 
 

@@ -87,7 +87,7 @@ def score(kind: str, setting: dict, pack, model, clip, vae, scene, inv, before_i
         out, _ = pack.sampler.run_edit(model, inv, None, "intersect", edit)
         img = toy_eval.decode(vae, out)
         fig = {"covered": toy_eval.covered(img, target, new), "other_kept": toy_eval.kept(before_img, img, other)}
-        return {**fig, "success": fig["covered"] >= 0.3 and fig["other_kept"] >= 0.9}
+        return {**fig, "success": toy_eval.recoloured(**fig)}
     concept = {"scale": setting["scale"], "threshold": setting["threshold"]}
     if kind == "removal":
         out, _, _ = toy_eval.edit(pack, model, clip, inv, target.words, True, **concept)
@@ -97,13 +97,12 @@ def score(kind: str, setting: dict, pack, model, clip, vae, scene, inv, before_i
         fig = {"colour_drop": 1.0 - float(after) / max(float(before), 1.0),
                "cleared": float(toy_world.background_pixels(img)[target.mask].mean()),
                "other_kept": toy_eval.kept(before_img, img, other)}
-        ok = fig["colour_drop"] >= 0.5 and fig["cleared"] >= 0.5 and fig["other_kept"] >= 0.9
-        return {**fig, "success": ok}
+        return {**fig, "success": toy_eval.removed(**fig)}
     new = toy_eval.new_colour_for(scene)
     out, _, _ = toy_eval.edit(pack, model, clip, inv, f"{new} {target.shape}", False, **concept)
     img = toy_eval.decode(vae, out)
     fig = {"covered": toy_eval.covered(img, target, new), "other_kept": toy_eval.kept(before_img, img, other)}
-    return {**fig, "success": fig["covered"] >= 0.3 and fig["other_kept"] >= 0.9}
+    return {**fig, "success": toy_eval.recoloured(**fig)}
 
 
 def done_runs(path: Path) -> set[tuple[str, int, int]]:

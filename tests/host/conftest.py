@@ -44,6 +44,18 @@ def random_models(host):
     return host.import_random_models()
 
 
+@pytest.fixture(scope="session")
+def flow(host):
+    """``tests/flow_models.py`` (random flow transformers of the host's classes, tiny text encoders of their
+    layouts), loaded by path after the host."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ledits_test_flow_models", HERE.parent / "flow_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture
 def server(host):
     """The recording stand-in for the web server, emptied for this test."""

@@ -573,20 +573,23 @@ def ids_of(workflow, *types):
     return [n["id"] for n in workflow["nodes"] if n["type"] in types]
 
 
+# The spot (graph coordinates) of a node's input socket, output or widget, as a JS function body of (id, kind, name).
+SPOT_JS = """
+    const node = app.graph.getNodeById(id);
+    if (kind === "input") return node.getConnectionPos(true, node.inputs.findIndex((i) => i.name === name));
+    if (kind === "output") return node.getConnectionPos(false, Number(name));
+    const w = node.widgets.find((w) => w.name === name);
+    return [node.pos[0] + node.size[0] / 2, node.pos[1] + (w.last_y ?? w.y) + LiteGraph.NODE_WIDGET_HEIGHT / 2];
+"""
+
+
 def screen_pos(page, node_id, kind, name):
     """Where the mouse goes to hover an input socket, a widget or an output of a node (page pixels)."""
     return page.evaluate("""([id, kind, name]) => {
-        const node = app.graph.getNodeById(id), box = app.canvas.canvas.getBoundingClientRect();
-        let p;
-        if (kind === "input") p = node.getConnectionPos(true, node.inputs.findIndex((i) => i.name === name));
-        else if (kind === "output") p = node.getConnectionPos(false, Number(name));
-        else {
-            const w = node.widgets.find((w) => w.name === name);
-            p = [node.pos[0] + node.size[0] / 2, node.pos[1] + (w.last_y ?? w.y) + LiteGraph.NODE_WIDGET_HEIGHT / 2];
-        }
+        const p = ((id, kind, name) => {%s})(id, kind, name), box = app.canvas.canvas.getBoundingClientRect();
         const c = app.canvas.ds.convertOffsetToCanvas(p);
         return {x: box.x + c[0], y: box.y + c[1]};
-    }""", [node_id, kind, name])
+    }""" % SPOT_JS, [node_id, kind, name])
 
 
 def centre_on(page, node_id, kind, name):
@@ -597,20 +600,14 @@ def centre_on(page, node_id, kind, name):
     settle_view(page)
     for _ in range(6):
         centre = page.evaluate("""([id, kind, name]) => {
-            const node = app.graph.getNodeById(id), ds = app.canvas.ds, box = app.canvas.canvas.getBoundingClientRect();
-            let p;
-            if (kind === "input") p = node.getConnectionPos(true, node.inputs.findIndex((i) => i.name === name));
-            else if (kind === "output") p = node.getConnectionPos(false, Number(name));
-            else {
-                const w = node.widgets.find((w) => w.name === name);
-                p = [node.pos[0] + node.size[0] / 2, node.pos[1] + (w.last_y ?? w.y) + LiteGraph.NODE_WIDGET_HEIGHT / 2];
-            }
+            const p = ((id, kind, name) => {%s})(id, kind, name);
+            const ds = app.canvas.ds, box = app.canvas.canvas.getBoundingClientRect();
             ds.offset[0] = box.width / 2 / ds.scale - p[0];
             ds.offset[1] = box.height / 2 / ds.scale - p[1];
             app.canvas.setDirty(true, true);
             app.canvas.draw(true, true);
             return {x: box.x + box.width / 2, y: box.y + box.height / 2};
-        }""", [node_id, kind, name])
+        }""" % SPOT_JS, [node_id, kind, name])
         page.wait_for_timeout(500)  # the canvas redraws (LiteGraph learns the widgets' new places); a glide ends
         pos = screen_pos(page, node_id, kind, name)
         if abs(pos["x"] - centre["x"]) < 1 and abs(pos["y"] - centre["y"]) < 1:

@@ -5,23 +5,11 @@ sampling step run on the tiny models, or, where this host's detection cannot rep
 hosts that assume width 3072), on the real width with one double and one single block in bf16 (~1 GB).
 """
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
-FLOW_MODELS = Path(__file__).resolve().parents[1] / "flow_models.py"
 DETECTED = {"sd35m": "sd3", "flux_dev": "flux_dev", "flux_schnell": "flux_schnell"}
-
-
-@pytest.fixture(scope="module")
-def flow(host):
-    """``tests/flow_models.py``, loaded by path after the host."""
-    spec = importlib.util.spec_from_file_location("ledits_test_flow_models", FLOW_MODELS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("family", ["sd35m", "flux_dev", "flux_schnell"])

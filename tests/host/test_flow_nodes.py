@@ -2,24 +2,13 @@
 models built through the host's own classes (tests/flow_models.py) with tiny text encoders of their layout."""
 
 import dataclasses
-import importlib.util
 import logging
-from pathlib import Path
 
 import pytest
 import torch
 
-FLOW_MODELS = Path(__file__).resolve().parents[1] / "flow_models.py"
 FAMILIES = ["sd35m", "flux_dev", "flux_schnell", "chroma"]
 STEPS = 5
-
-
-@pytest.fixture(scope="module")
-def flow(host):
-    spec = importlib.util.spec_from_file_location("ledits_test_flow_models", FLOW_MODELS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

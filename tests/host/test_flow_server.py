@@ -6,7 +6,6 @@ encoders cannot be made tiny for the host's loaders. A family whose tiny file th
 reads every Flux file as 3072 wide) is skipped with that reason; its nodes run in-process in test_flow_nodes.py.
 """
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[2]
-FLOW_MODELS = ROOT / "tests" / "flow_models.py"
 TEST_NODES = Path(__file__).resolve().parent / "flow_server_nodes"
 FAMILIES = ["sd35m", "flux_dev", "flux_schnell"]
 DETECTED = {"sd35m": "sd3", "flux_dev": "flux_dev", "flux_schnell": "flux_schnell"}
@@ -24,14 +22,6 @@ sys.path.insert(0, str(TEST_NODES.parent))
 
 import comfy_client  # noqa: E402
 from flow_server_nodes import photo_latent  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def flow(host):
-    spec = importlib.util.spec_from_file_location("ledits_test_flow_models", FLOW_MODELS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def detectable(flow, family):
