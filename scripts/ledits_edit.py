@@ -1,6 +1,6 @@
 """Headless LEDITS++ edit through ComfyUI: invert a photo, apply concept edits, save the result and masks.
 
-    python scripts/ledits_edit.py --out out/                         # demo: the toy model, a held-out scene
+    python scripts/ledits_edit.py --out out/                         # demo: the toy model, a drawn held-out scene
     python scripts/ledits_edit.py --ckpt model.safetensors --image photo.png --edit "+sunglasses" \
         --edit "-beard:4:0.85" --out out/
     python scripts/ledits_edit.py --random-model sd15 --out out/     # mechanics only: random weights
@@ -80,9 +80,6 @@ from PIL import Image  # noqa: E402
 
 SAMPLE = HERE.parent / "assets" / "ledits_sample.png"
 RANDOM_EDITS = ["+sunglasses:8:0.8", "-smile:6:0.9"]
-# toy_world.test_scene(TOY_SCENE), "a red square and a blue circle": held out from training; one of the semantic
-# tests' 20 scenes, chosen as typical of what works (README, Semantics: how often each edit lands)
-TOY_SCENE = 6
 log = logging.getLogger("ledits_edit")
 
 
@@ -205,14 +202,15 @@ def parse_args(argv=None):
 
 
 def toy_defaults(args):
-    """The toy demo: a held-out scene, its caption as the source, one removal and one alteration of the same
-    object, each in its own sampler on the one inversion (on this model two concepts in one run interfere: the
+    """The toy demo: its scene and object (toy_world.demo_scene(): drawn, held out from training, not one of the
+    tests' scenes), its caption as the source, one removal and one alteration of that object, each in its own
+    sampler on the one inversion (on this model two concepts in one run interfere: the
     added object tends to take the removed one's place)."""
     import toy_eval
     import toy_world
 
-    scene = toy_world.test_scene(TOY_SCENE)
-    target = scene.objects[0]
+    scene, target_index = toy_world.demo_scene()
+    target = scene.objects[target_index]
     args.steps = args.steps or toy_eval.STEPS
     args.seed = toy_eval.SEED if args.seed is None else args.seed
     if args.image is None:
@@ -226,7 +224,7 @@ def toy_defaults(args):
             args.each = True
         edits = args.edit or [f"-{target.words}:{toy_eval.REMOVE['scale']:g}:{toy_eval.REMOVE['threshold']:g}",
                               f"+{new} {target.shape}:{toy_eval.ALTER['scale']:g}:{toy_eval.ALTER['threshold']:g}"]
-        return scene, edits
+        return (scene, target_index), edits
     return None, args.edit or [f"-{target.words}"]
 
 
@@ -418,10 +416,11 @@ def run_job(client, prompt: dict, image: Path, saved: dict) -> tuple[dict, Progr
 
 
 def settings(args):
-    """(scene or None, edit specs, longer side, latent multiple) for this run, filling args' defaults."""
+    """((toy scene, edited object) or None, edit specs, longer side, latent multiple) for this run, filling args'
+    defaults."""
     if not (args.ckpt or args.random_model):
-        scene, specs = toy_defaults(args)
-        return scene, specs, args.size or 128, 4
+        demo, specs = toy_defaults(args)
+        return demo, specs, args.size or 128, 4
     args.image = args.image or SAMPLE
     args.steps = args.steps or (50 if args.ckpt else 12)
     args.seed = args.seed or 0
@@ -436,11 +435,11 @@ def main(argv=None) -> int:
         raise SystemExit(f"--ckpt {args.ckpt}: no such file")
     if args.server and args.random_model:
         raise SystemExit("--random-model writes its checkpoint into the job's own server: leave out --server")
-    scene, specs, size, multiple = settings(args)
+    demo, specs, size, multiple = settings(args)
     edits = [parse_edit(e) for e in specs]
     if not args.image.is_file():
         raise SystemExit(f"--image {args.image}: no such file")
-    figures = scene is not None and not args.edit and size == toy_world_size()
+    figures = demo is not None and not args.edit and size == toy_world_size()
     prompt = build_prompt(args, "", target_size(args.image, size, multiple), edits)
     if figures:
         add_scene_figure_nodes(prompt)
@@ -462,8 +461,8 @@ def main(argv=None) -> int:
         report(results, sample, preview, f"edit {k + 1}: " if len(groups) > 1 else "")
     note(args, toy)
     if figures:
-        scene_figures(scene, results, names)
-    elif scene is not None and not args.edit:
+        scene_figures(*demo, results, names)
+    elif demo is not None and not args.edit:
         log.info("the scene's semantic figures need the demo's %d px (--size): not measured", toy_world_size())
     return 0
 
@@ -528,13 +527,13 @@ class _Decoded:
         return self.image
 
 
-def scene_figures(scene, results: dict, names) -> None:
+def scene_figures(scene, target_index: int, results: dict, names) -> None:
     """The demo scene's semantic figures, measured with scripts/toy_eval.py's functions on the images and
     latents the server returned (8-bit PNGs, raw latents): removal (edit 1), alteration (edit 2), masks
     matter (the removal again with mask mode none), reconstruction."""
     import toy_eval
 
-    target, other = scene.objects[0], scene.objects[1]
+    target, other = scene.objects[target_index], scene.objects[1 - target_index]
     latent = results["encode"][0]["samples"]
     before = results["decode_src"][0][0].numpy() * 255.0
     (sample_rm, decode_rm, _), (sample_alt, decode_alt, _) = names[:2]

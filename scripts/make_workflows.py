@@ -155,9 +155,21 @@ def prompt_edit_workflow(ckpt, caption, target, blend_words, steps=50, seed=42):
 
 
 TOY_SCENE_NAME = "ledits_toy_scene.png"
-TOY_SCENE = 6  # scripts/toy_world.test_scene(6), as scripts/ledits_edit.py's demo: never used in training
-TOY = ("LEDITS++: try it without a checkpoint (toy model, coloured shapes)", "a red square and a blue circle",
-       [("red square", 25.0, 0.9, True), ("green square", 40.0, 0.8, False)])  # toy_eval.REMOVE, ALTER: tested
+TOY_TITLE = "LEDITS++: try it without a checkpoint (toy model, coloured shapes)"
+
+
+def toy_settings():
+    """(caption, concepts) of the toy workflow: scripts/ledits_edit.py's demo, on toy_world.demo_scene() (a drawn
+    scene, never used in training) at toy_eval's REMOVE and ALTER (the semantic tests' settings)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import toy_eval
+    import toy_world
+
+    scene, target = toy_world.demo_scene()
+    obj = scene.objects[target]
+    new = f"{toy_eval.new_colour_for(scene)} {obj.shape}"
+    return scene.caption, [(obj.words, toy_eval.REMOVE["scale"], toy_eval.REMOVE["threshold"], True),
+                           (new, toy_eval.ALTER["scale"], toy_eval.ALTER["threshold"], False)]
 
 
 def toy_workflow(caption, concepts, steps=20, seed=7):
@@ -217,11 +229,11 @@ def toy_thumbnail(workflow_path, path):
 
 
 def toy_scene(path):
-    """The toy workflow's input: held-out toy scene TOY_SCENE (scripts/toy_world.py)."""
+    """The toy workflow's input: the demo's held-out toy scene (scripts/toy_world.py, demo_scene())."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import toy_world
 
-    toy_world.test_scene(TOY_SCENE).pil().save(path)
+    toy_world.demo_scene()[0].pil().save(path)
 
 
 def thumbnail(workflow, path, title):
@@ -299,9 +311,9 @@ def main():
         workflow = prompt_edit_workflow(ckpt, caption, target, blend_words).to_json(title)
         (OUT / f"{name}.json").write_text(json.dumps(workflow, indent=2) + "\n")
         thumbnail(workflow, OUT / f"{name}.jpg", title)
-    title, caption, concepts = TOY
+    caption, concepts = toy_settings()
     toy_path = OUT / "ledits_toy_shapes.json"
-    toy_path.write_text(json.dumps(toy_workflow(caption, concepts).to_json(title), indent=2) + "\n")
+    toy_path.write_text(json.dumps(toy_workflow(caption, concepts).to_json(TOY_TITLE), indent=2) + "\n")
     sample_photo(ROOT / "assets" / SAMPLE_NAME)
     toy_scene(ROOT / "assets" / TOY_SCENE_NAME)
     if "--toy-thumbnail" in sys.argv:

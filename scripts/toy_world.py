@@ -23,8 +23,9 @@ BACKGROUND = (238, 236, 230)
 HALF_SIZE = (17, 27)  # half the object's side / its radius, in px (objects 34..54 px wide)
 MARGIN = 4  # px between objects and from the border
 
-# The first word of each split's seed sequence. "val": a third stream for choosing settings, never the test scenes.
-_SPLITS = {"train": 0x7A1, "test": 0x7E5, "val": 0x7A7}
+# The first word of each split's seed sequence. "val": a third stream for choosing settings, never the test scenes;
+# "demo": the headless demo's and the toy workflow's scene (demo_scene()), drawn, not picked for how it looks.
+_SPLITS = {"train": 0x7A1, "test": 0x7E5, "val": 0x7A7, "demo": 0x7D3}
 
 
 @dataclass
@@ -133,6 +134,13 @@ def test_target(index: int, split: str = "test") -> int:
     picked, and not always the first one named."""
     rng_for(index, split)  # checks the split
     return int(np.random.default_rng([_SPLITS[split], int(index), 1]).integers(2))
+
+
+def demo_scene() -> tuple[ToyScene, int]:
+    """The scene the headless demo (scripts/ledits_edit.py) and the example workflow ledits_toy_shapes edit, and the
+    object they edit: scene 0 of the "demo" stream and its drawn target (never a training, test or validation
+    scene)."""
+    return test_scene(0, "demo"), test_target(0, "demo")
 
 
 def colour_pixels(image: np.ndarray, colour: str, tol: float = 60.0) -> np.ndarray:

@@ -131,7 +131,7 @@ def test_saved_latents_are_the_hosts_raw_samples(host, comfy_job_server, tmp_pat
 
     host.load_pack()
     image = tmp_path / "scene.png"
-    toy_world.test_scene(ledits_edit.TOY_SCENE).pil().save(image)
+    toy_world.demo_scene()[0].pil().save(image)
     prompt = {"ckpt": {"class_type": "LeditsToyModel", "inputs": {}},
               "load": {"class_type": "LoadImage", "inputs": {"image": "scene.png"}},
               "encode": {"class_type": "VAEEncode", "inputs": {"pixels": ["load", 0], "vae": ["ckpt", 2]}}}

@@ -126,12 +126,11 @@ def test_prompt_edit_local_blend_keeps_the_photo_outside_its_mask(figures):
 
 def test_the_toy_workflow_uses_the_tested_settings():
     """example_workflows/ledits_toy_shapes.json edits at the scales and thresholds these tests measure, on the
-    headless demo's scene (scripts/ledits_edit.py), with the demo's edits."""
+    headless demo's scene and object (scripts/ledits_edit.py: toy_world.demo_scene(), drawn), with the demo's
+    edits."""
     import json
     from pathlib import Path
 
-    import ledits_edit
-    import make_workflows
     import toy_eval
     import toy_world
 
@@ -142,10 +141,10 @@ def test_the_toy_workflow_uses_the_tested_settings():
                 for _text, scale, threshold, reverse, *_ in concepts}
     assert settings == {True: toy_eval.REMOVE, False: toy_eval.ALTER}
     assert inversion[:2] == [toy_eval.STEPS, toy_eval.SKIP] and inversion[6] == toy_eval.SOURCE_SCALE
-    # the workflow edits the headless demo's scene, with its caption as the source
-    scene = toy_world.test_scene(ledits_edit.TOY_SCENE)
-    assert make_workflows.TOY_SCENE == ledits_edit.TOY_SCENE
+    # the workflow edits the demo's scene, with its caption as the source, and the demo's drawn object
+    scene, target = toy_world.demo_scene()
+    assert not any(np.array_equal(toy_world.test_scene(i).image, scene.image) for i in range(N_SCENES))  # not measured
     caption = next(n["widgets_values"][0] for n in workflow["nodes"] if n["type"] == "CLIPTextEncode")
     assert caption == scene.caption
-    assert [text for text, *_ in concepts] == [scene.objects[0].words,
-                                               f"{toy_eval.new_colour_for(scene)} {scene.objects[0].shape}"]
+    obj = scene.objects[target]
+    assert [text for text, *_ in concepts] == [obj.words, f"{toy_eval.new_colour_for(scene)} {obj.shape}"]
