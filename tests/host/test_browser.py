@@ -65,10 +65,12 @@ VIEWPORT = {"width": 1800, "height": 1000}
 CANVAS_MARGINS = (70, 80, 20, 100)  # left, top, right, bottom: the frontend's bars and zoom controls
 
 # The frontend's first start on an empty user folder: no template browser, no release check, and the
-# navigation mode "custom" (1.27.10 throws from its own settings code while migrating the other modes).
+# navigation mode "custom" (1.27.10 throws from its own settings code while migrating the other modes), and
+# the tooltip delay at its minimum, 100 ms (default 500; canvas and Nodes 2.0): the tests rest the mouse on every
+# socket and widget of our nodes, about 70 times a page.
 USER_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Notification.ShowVersionUpdates": False,
                  "Comfy.InstalledVersion": "1.27.10", "Comfy.Minimap.Visible": False,
-                 "Comfy.Canvas.NavigationMode": "custom"}
+                 "Comfy.Canvas.NavigationMode": "custom", "LiteGraph.Node.TooltipDelay": 100}
 # Console errors the host frontend itself produces on a fresh, offline install (optional files it
 # probes for, and the update check); anything else, above all from our web/ files, fails the test.
 HOST_OPTIONAL_URLS = ("/user.css", "/favicon.ico", "/api/userdata", "/api/settings/", "https://api.comfy.org/")
