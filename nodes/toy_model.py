@@ -13,9 +13,20 @@ a small CLIP text encoder) and ``comfy.sd.VAE`` (AutoencoderKL at small width, 4
   scaled so that SD1.5's latent scale factor 0.18215 gives them unit variance.
 * VP schedule and epsilon prediction: the host's SD1.5 model sampling (linear betas 0.00085..0.012).
 
-``load_toy_model()`` returns ``(MODEL, CLIP, VAE)`` as ``CheckpointLoaderSimple`` would; the LEDITS Toy
-Model node (``toy_node.py``) gives it to users, to try the pack without a checkpoint. ``comfy.*`` is
-imported inside functions.
+The toy flow transformer (``toy_sd3.safetensors``, issue 18), trained on the same world, is made of the host's
+SD3 classes (``comfy.supported_models.SD3``: ``model_base.SD3`` around the MMDiT, flow matching with the SD3
+model sampling, shift 3, and the SD3 latent format):
+
+* MMDiT: depth 2 (the host's width rule: 128 wide, 2 heads of 64), 4 joint blocks (the last one pre-only for
+  the text stream, as in SD3), MLP ratio 2, RMS q/k norm, no learned position table (the host's sin-cos
+  positions, so any latent size runs); patch 2, so a 32x32 latent is 16x16 image tokens.
+* Text encoder: the toy CLIP above (its context rows and pooled vector; 64 wide), trained with it.
+* VAE: the toy VAE's layout with 16 latent channels, scaled and shifted so that the SD3 latent format's
+  process_in gives zero mean and unit variance.
+
+``load_toy_model()`` returns ``(MODEL, CLIP, VAE)`` as ``CheckpointLoaderSimple`` would (``load_toy_model(
+kind="sd3")`` the flow transformer's); the LEDITS Toy Model node (``toy_node.py``) gives them to
+users, to try the pack without a checkpoint. ``comfy.*`` is imported inside functions.
 """
 
 from pathlib import Path
@@ -24,6 +35,8 @@ import torch
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "toy"
 WEIGHTS = ASSETS / "toy_sd15.safetensors"
+FLOW_WEIGHTS = ASSETS / "toy_sd3.safetensors"
+KINDS = ("sd15", "sd3")
 IMAGE_SIZE = 128
 LATENT_SIZE = 32
 DOWNSCALE = 4
@@ -43,6 +56,15 @@ TEXT_CONFIG = {"hidden_size": 64, "intermediate_size": 256, "num_attention_heads
 VAE_DDCONFIG = {"double_z": True, "z_channels": 4, "resolution": IMAGE_SIZE, "in_channels": 3, "out_ch": 3,
                 "ch": 32, "ch_mult": [1, 1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
 VAE_CONFIG = {"params": {"embed_dim": 4, "ddconfig": VAE_DDCONFIG}}
+FLOW_VAE_CONFIG = {"params": {"embed_dim": 16, "ddconfig": {**VAE_DDCONFIG, "z_channels": 16}}}
+MMDIT_CONFIG = {
+    "in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 2, "num_blocks": 4, "mlp_ratio": 2.0,
+    "adm_in_channels": TEXT_CONFIG["projection_dim"], "input_size": None,
+    "context_embedder_config": {"target": "torch.nn.Linear",
+                                "params": {"in_features": TEXT_CONFIG["hidden_size"], "out_features": 128}},
+    "pos_embed_max_size": None, "num_patches": None, "qk_norm": "rms", "pos_embed_scaling_factor": None,
+    "x_block_self_attn_layers": [],
+}
 TOKEN_ROWS_KEY = "te.token_rows"
 TOKEN_IDS_KEY = "te.token_ids"
 _FILL_SEED = 20261202
@@ -69,6 +91,25 @@ def build_unet(dtype=torch.float32):
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=mm.unet_offload_device())
 
 
+def flow_model_config():
+    """The host's SD3 model config holding the toy MMDiT's config."""
+    import comfy.supported_models
+
+    return comfy.supported_models.SD3(dict(MMDIT_CONFIG))
+
+
+def build_flow_model(dtype=torch.float32):
+    """The toy MMDiT (weights not set) wrapped in a ModelPatcher."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    cfg = flow_model_config()
+    device = mm.get_torch_device()
+    cfg.set_inference_dtype(dtype, mm.unet_manual_cast(dtype, device, cfg.supported_inference_dtypes))
+    model = cfg.get_model({})
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=mm.unet_offload_device())
+
+
 def build_clip(dtype=torch.float32):
     """The host's CLIP (real tokenizer) with the small text encoder (weights not set)."""
     import comfy.sd
@@ -77,14 +118,16 @@ def build_clip(dtype=torch.float32):
     return comfy.sd.CLIP(target, model_options={"dtype": dtype, "clip_l_model_config": dict(TEXT_CONFIG)})
 
 
-def wrap_vae(state_dict, dtype=None):
-    """``comfy.sd.VAE`` around our AutoencoderKL weights. The host sets an 8x ratio for a VAE given by
-    config; ours downscales 4x, so the ratios are set to what the weights do."""
+def wrap_vae(state_dict, dtype=None, config=VAE_CONFIG):
+    """``comfy.sd.VAE`` around our AutoencoderKL weights. The host sets an 8x ratio and 4 channels for a VAE
+    given by config; ours downscales 4x (and the flow model's has 16 channels), so they are set to what the
+    weights do."""
     import comfy.sd
 
-    vae = comfy.sd.VAE(sd=state_dict, config=VAE_CONFIG, dtype=dtype)
+    vae = comfy.sd.VAE(sd=state_dict, config=config, dtype=dtype)
     vae.downscale_ratio = DOWNSCALE
     vae.upscale_ratio = DOWNSCALE
+    vae.latent_channels = config["params"]["embed_dim"]
     return vae
 
 
@@ -97,10 +140,14 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
     return comfy.utils.load_torch_file(str(path), safe_load=True)
 
 
-def load_toy_model(path: Path = WEIGHTS, dtype=torch.float32):
-    """``(MODEL, CLIP, VAE)`` of the trained toy model, through the host's classes."""
-    sd = _load_file(path)
-    unet = build_unet(dtype)
+def load_toy_model(path: Path | None = None, dtype=torch.float32, kind: str = "sd15"):
+    """``(MODEL, CLIP, VAE)`` of a trained toy model, through the host's classes: ``kind`` "sd15" (the UNet,
+    ``WEIGHTS``) or "sd3" (the flow transformer, ``FLOW_WEIGHTS``)."""
+    if kind not in KINDS:
+        raise ValueError(f"toy model kind must be one of {KINDS}, not {kind!r}")
+    flow = kind == "sd3"
+    sd = _load_file(path or (FLOW_WEIGHTS if flow else WEIGHTS))
+    unet = build_flow_model(dtype) if flow else build_unet(dtype)
     unet.model.diffusion_model.load_state_dict(
         {k[5:]: v.to(dtype) for k, v in sd.items() if k.startswith("unet.")}, strict=True)
     clip = build_clip(dtype)
@@ -113,5 +160,6 @@ def load_toy_model(path: Path = WEIGHTS, dtype=torch.float32):
     new_te = {k[3:]: v for k, v in sd.items() if k.startswith("te.") and k not in (TOKEN_ROWS_KEY, TOKEN_IDS_KEY)}
     new_te[table_key] = table
     clip.cond_stage_model.load_state_dict({k: v.float() for k, v in new_te.items()}, strict=True)
-    vae = wrap_vae({k[4:]: v.float() for k, v in sd.items() if k.startswith("vae.")})
+    vae = wrap_vae({k[4:]: v.float() for k, v in sd.items() if k.startswith("vae.")},
+                   config=FLOW_VAE_CONFIG if flow else VAE_CONFIG)
     return unet, clip, vae

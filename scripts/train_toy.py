@@ -121,11 +121,12 @@ def new_clip(seed):
     return clip
 
 
-def new_vae_module(seed=None):
-    """The bare host ``AutoencoderKL`` of the toy model (what ``comfy.sd.VAE`` wraps)."""
+def new_vae_module(seed=None, config=None):
+    """The bare host ``AutoencoderKL`` of the toy model (what ``comfy.sd.VAE`` wraps); ``config`` another
+    layout of it (the flow model's 16 channels)."""
     import comfy.ldm.models.autoencoder
 
-    ae = comfy.ldm.models.autoencoder.AutoencoderKL(**toy_model.VAE_CONFIG["params"])
+    ae = comfy.ldm.models.autoencoder.AutoencoderKL(**(config or toy_model.VAE_CONFIG)["params"])
     if seed is not None:
         init_weights_(ae, seed + 2)
     return ae
@@ -163,7 +164,7 @@ def vae_posterior(ae, x):
 
 def train_vae(args, work: Path) -> None:
     path = work / "vae.pt"
-    ae = new_vae_module(seed=args.seed).to(args.device)
+    ae = new_vae_module(seed=args.seed, config=getattr(args, "vae_config", None)).to(args.device)
     opt = torch.optim.Adam(ae.parameters(), lr=5e-4)
     step, minutes = 0, 0.0
     if path.exists():
@@ -219,7 +220,8 @@ def encode(args, work: Path) -> None:
     if path.exists():
         return
     ck = torch.load(work / "vae.pt", weights_only=False)
-    ae = new_vae_module().to(args.device)
+    config = getattr(args, "vae_config", None)
+    ae = new_vae_module(config=config).to(args.device)
     ae.load_state_dict(ck["model"])
     ae.eval()
     from tqdm import tqdm
@@ -233,21 +235,30 @@ def encode(args, work: Path) -> None:
     latents = torch.cat(latents)
     # Fold a scale k into the VAE: z' = k z (quant_conv mean rows x k, logvar rows + 2 log k),
     # post_quant_conv weights / k. Then SD1.5's 0.18215 x z' has unit standard deviation.
-    k = (1.0 / SCALE) / float(latents.std())
+    # With a latent format that shifts (SD3's process_in: (z' - shift) x scale), a per-channel offset c is
+    # folded in too (z' = k z + c, c = shift - k mean(z)), so that process_in gives zero-mean channels.
+    scale, shift = getattr(args, "latent_format", (SCALE, 0.0))
+    k = (1.0 / scale) / float(latents.std())
     sd = dict(ae.state_dict())
-    zc = toy_model.VAE_CONFIG["params"]["embed_dim"]
+    zc = (config or toy_model.VAE_CONFIG)["params"]["embed_dim"]
     w, b = sd["quant_conv.weight"].clone(), sd["quant_conv.bias"].clone()
     w[:zc] *= k
     b[:zc] *= k
     b[zc:] += 2 * math.log(k)
-    sd["quant_conv.weight"], sd["quant_conv.bias"] = w, b
     sd["post_quant_conv.weight"] = sd["post_quant_conv.weight"] / k
     latents = latents * k
+    if shift:
+        c = shift - latents.mean(dim=(0, 2, 3))
+        b[:zc] += c
+        sd["post_quant_conv.bias"] = sd["post_quant_conv.bias"] - sd["post_quant_conv.weight"][:, :, 0, 0] @ c
+        latents = latents + c.view(1, -1, 1, 1)
+    sd["quant_conv.weight"], sd["quant_conv.bias"] = w, b
     captions = [s.caption for s in scenes]
     torch.save({"latents": latents.half(), "scenes": list(range(args.scenes)), "vae": sd, "k": k,
                 "objects": [[(o.colour, o.shape) for o in s.objects] for s in scenes],
                 "captions": captions}, path)
-    log(work, {"stage": "encode", "scenes": args.scenes, "k": k, "latent_std_scaled": float(latents.std() * SCALE)})
+    log(work, {"stage": "encode", "scenes": args.scenes, "k": k,
+               "latent_std_scaled": float(((latents - shift) * scale).std())})
 
 
 # ---------------------------------------------------------------------------------------------- UNet
