@@ -38,6 +38,8 @@ def floats(text: str) -> list[float]:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kind", required=True, choices=("removal", "alteration", "swap"))
+    p.add_argument("--model", default="sd15", choices=toy_eval.MODELS,
+                   help="the toy UNet or the toy flow transformer (its steps, scheduler and source scale)")
     p.add_argument("--scales", type=floats, required=True)
     p.add_argument("--thresholds", type=floats, default=[0.9], help="concept edits: the mask threshold")
     p.add_argument("--skips", type=floats, default=[toy_eval.SKIP])
@@ -69,11 +71,10 @@ def key_of(setting: dict) -> str:
     return json.dumps(setting, sort_keys=True)
 
 
-def invert(pack, model, clip, latent, scene, skip: float, source: str):
-    src = clip.encode_from_tokens_scheduled(clip.tokenize(scene.caption)) if source == "caption" else None
-    return pack.inversion.invert_latent(model, clip, {"samples": latent}, steps=toy_eval.STEPS, skip=skip,
-                                        sampler="dpmpp_2m_sde", scheduler="karras", seed=toy_eval.SEED,
-                                        source=src, source_scale=toy_eval.SOURCE_SCALE)
+def invert(pack, model, clip, latent, scene, skip: float, source: str, settings: toy_eval.Settings):
+    """toy_eval's inversion (the model's steps, scheduler and source scale) at this skip and source."""
+    caption = scene.caption if source == "caption" else None
+    return toy_eval.invert(pack, model, clip, latent, caption, settings, skip=skip)
 
 
 @torch.no_grad()
@@ -135,7 +136,8 @@ def main(argv=None) -> int:
     done = done_runs(args.out)
     hostenv.import_host()
     pack = toy_eval.Pack.load()
-    model, clip, vae = hostenv.import_pack_module("nodes.toy_model").load_toy_model()
+    model, clip, vae = toy_eval.load(args.model)
+    base = toy_eval.SETTINGS[args.model]
     for i in range(args.scenes):
         scene = toy_world.test_scene(i, SPLIT)
         latent = toy_eval.encode(vae, scene)
@@ -145,7 +147,7 @@ def main(argv=None) -> int:
         for setting, target in todo:
             inv_key = (setting["skip"], setting["source"])
             if inv_key not in inversions:
-                inversions[inv_key] = invert(pack, model, clip, latent, scene, *inv_key)
+                inversions[inv_key] = invert(pack, model, clip, latent, scene, *inv_key, base)
             fig = score(args.kind, setting, pack, model, clip, vae, scene, inversions[inv_key], before_img, target)
             with open(args.out, "a") as f:
                 f.write(json.dumps({"kind": args.kind, "setting": setting, "scene": i, "target": target,

@@ -22,12 +22,13 @@ def pytest_collection_modifyitems(config, items):
     hostenv.require_host_for(items, HERE, "the semantic tests")
 
 
-@pytest.fixture(scope="session")
-def toy():
-    """(pack, MODEL, CLIP, VAE) of the committed toy model, through the host (float32)."""
+@pytest.fixture(scope="session", params=["sd15", "sd3"])
+def toy(request):
+    """(pack, MODEL, CLIP, VAE, kind) of a committed toy model through the host (float32): "sd15" the toy UNet,
+    "sd3" the toy flow transformer (the host's SD3 MMDiT)."""
     hostenv.import_host()
     import toy_eval
 
     pack = toy_eval.Pack.load()
-    model, clip, vae = hostenv.import_pack_module("nodes.toy_model").load_toy_model()
-    return pack, model, clip, vae
+    model, clip, vae = toy_eval.load(request.param)
+    return pack, model, clip, vae, request.param
