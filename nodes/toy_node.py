@@ -9,6 +9,7 @@ from .types import CATEGORY
 
 # What the node offers (the widget's values, kept in workflows) -> toy_model's kinds.
 MODELS = {"UNet (SD1.x)": "sd15", "flow transformer (SD3)": "sd3"}
+DEFAULT = "UNet (SD1.x)"
 
 
 class LeditsToyModel(io.ComfyNode):
@@ -23,7 +24,7 @@ class LeditsToyModel(io.ComfyNode):
                         "'a red circle and a blue square'. Two of them: a UNet of SD1.x's layout (about 19 MB) and "
                         "a flow transformer of SD3's (MMDiT, about 5 MB). Use them to try LEDITS++ without a "
                         "checkpoint; they are not photo models.",
-            inputs=[io.Combo.Input("model", options=list(MODELS), default="UNet (SD1.x)", optional=True,
+            inputs=[io.Combo.Input("model", options=list(MODELS), default=DEFAULT, optional=True,
                                    tooltip="UNet (SD1.x): the SD1.x-family toy (epsilon prediction). flow "
                                            "transformer (SD3): the SD3-family toy (flow matching); LEDITS Prompt "
                                            "Edit takes UNets only.")],
@@ -36,7 +37,7 @@ class LeditsToyModel(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model: str = "UNet (SD1.x)") -> io.NodeOutput:
+    def execute(cls, model: str = DEFAULT) -> io.NodeOutput:
         if model not in MODELS:
             raise ValueError(f"LEDITS Toy Model: unknown model {model!r}; choose one of {list(MODELS)}")
         return io.NodeOutput(*load_toy_model(kind=MODELS[model]))

@@ -60,9 +60,8 @@ class Settings:
 
 
 # "sd15": the toy UNet, the settings above (README: chosen on the test scenes before issue 18; the validation sweep
-# found none materially better). "sd3": the toy flow transformer (the host's MMDiT); its settings are set where
-# FLOW_SETTINGS is defined, chosen on the validation scenes only (scripts/toy_sweep.py --model sd3).
-MODELS = ("sd15", "sd3")
+# found none materially better). "sd3": the toy flow transformer (the host's MMDiT), its settings chosen on the
+# validation scenes only (scripts/toy_sweep.py --model sd3; below).
 SETTINGS = {"sd15": Settings(STEPS, SKIP, "karras", SOURCE_SCALE, REMOVE, ALTER),
             "sd3": Settings(STEPS, 0.0, "simple", SOURCE_SCALE, {"scale": 10.0, "threshold": 0.9},
                             {"scale": 20.0, "threshold": 0.9}, swap=False)}
@@ -71,6 +70,7 @@ SETTINGS = {"sd15": Settings(STEPS, SKIP, "karras", SOURCE_SCALE, REMOVE, ALTER)
 # scale 10, threshold 0.9; at that skip (one inversion serves every edit of a scene) the best alteration of 16 (scale
 # 10 / 20 / 30 / 40, threshold 0.8 / 0.9) lands 7 of 20 at scale 20, threshold 0.9. The scheduler is simple, as the
 # host's own flow workflows; steps and source scale as the UNet's.
+MODELS = tuple(SETTINGS)  # toy_model.load_toy_model's kinds
 
 
 @dataclasses.dataclass
@@ -105,13 +105,15 @@ class TokenRecorder:
         add, end_step = self.cls.add, self.cls.end_step
         recorder = self
 
-        def rec_add(acc, concept, probs):
-            idx = acc.token_indices[concept].to(probs.device)
-            per = probs.index_select(-1, idx).float().transpose(1, 2)  # (B, tokens, Nq)
+        def keep(acc, concept, per):  # per: (B, tokens, Nq), summed over the step's layers
             sums = acc.__dict__.setdefault("_per_token", {})
             counts = acc.__dict__.setdefault("_per_token_n", {})
             sums[concept] = sums[concept] + per if concept in sums else per
             counts[concept] = counts.get(concept, 0) + 1
+
+        def rec_add(acc, concept, probs):
+            idx = acc.token_indices[concept].to(probs.device)
+            keep(acc, concept, probs.index_select(-1, idx).float().transpose(1, 2))
             return add(acc, concept, probs)
 
         def rec_end(acc):
@@ -124,11 +126,7 @@ class TokenRecorder:
 
         def rec_add_summed(acc, concept, summed):  # flow transformers: the words' map arrives summed
             acc.__dict__["_summed"] = True
-            sums = acc.__dict__.setdefault("_per_token", {})
-            counts = acc.__dict__.setdefault("_per_token_n", {})
-            per = summed.float()[:, None]  # (B, 1, Nq)
-            sums[concept] = sums[concept] + per if concept in sums else per
-            counts[concept] = counts.get(concept, 0) + 1
+            keep(acc, concept, summed.float()[:, None])  # one row
             return add_summed(acc, concept, summed)
 
         add_summed = self.cls.add_summed

@@ -42,7 +42,7 @@ def parse_args(argv=None):
                    help="the toy UNet or the toy flow transformer (its steps, scheduler and source scale)")
     p.add_argument("--scales", type=floats, required=True)
     p.add_argument("--thresholds", type=floats, default=[0.9], help="concept edits: the mask threshold")
-    p.add_argument("--skips", type=floats, default=[toy_eval.SKIP])
+    p.add_argument("--skips", type=floats, default=None, help="the inversion's skip (default: the model's)")
     p.add_argument("--sources", default="caption", help="comma list of caption / none: the inversion's source")
     p.add_argument("--cross", type=floats, default=[toy_eval.SWAP["cross_replace"]], help="swap: cross_replace")
     p.add_argument("--self", dest="self_", type=floats, default=[toy_eval.SWAP["self_replace"]],
@@ -50,7 +50,12 @@ def parse_args(argv=None):
     p.add_argument("--scenes", type=int, default=10, help="validation scenes 0..N-1, each object edited once")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="JSON lines, appended (the sweep resumes from it)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.skips is None:
+        args.skips = [toy_eval.SETTINGS[args.model].skip]
+    if args.kind == "swap" and not toy_eval.SETTINGS[args.model].swap:
+        p.error(f"--kind swap: the pack's Prompt Edit takes UNets only, not the {args.model} toy model")
+    return args
 
 
 def settings(args) -> list[dict]:
@@ -106,21 +111,22 @@ def score(kind: str, setting: dict, pack, model, clip, vae, scene, inv, before_i
     return {**fig, "success": toy_eval.recoloured(**fig)}
 
 
-def done_runs(path: Path) -> set[tuple[str, int, int]]:
+def done_runs(path: Path, model: str) -> set[tuple[str, int, int]]:
     if not path.exists():
         return set()
     out = set()
     for line in path.read_text().splitlines():
         r = json.loads(line)
-        out.add((key_of(r["setting"]), r["scene"], r["target"]))
+        if r.get("model", "sd15") == model:  # rows from before --model are the UNet's
+            out.add((key_of(r["setting"]), r["scene"], r["target"]))
     return out
 
 
-def summarise(path: Path, kind: str) -> list[tuple[int, int, str]]:
+def summarise(path: Path, kind: str, model: str) -> list[tuple[int, int, str]]:
     hits, runs = defaultdict(int), defaultdict(int)
     for line in path.read_text().splitlines():
         r = json.loads(line)
-        if r["kind"] == kind:
+        if r["kind"] == kind and r.get("model", "sd15") == model:
             k = key_of(r["setting"])
             runs[k] += 1
             hits[k] += bool(r["success"])
@@ -133,7 +139,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     grid = settings(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    done = done_runs(args.out)
+    done = done_runs(args.out, args.model)
     hostenv.import_host()
     pack = toy_eval.Pack.load()
     model, clip, vae = toy_eval.load(args.model)
@@ -150,11 +156,11 @@ def main(argv=None) -> int:
                 inversions[inv_key] = invert(pack, model, clip, latent, scene, *inv_key, base)
             fig = score(args.kind, setting, pack, model, clip, vae, scene, inversions[inv_key], before_img, target)
             with open(args.out, "a") as f:
-                f.write(json.dumps({"kind": args.kind, "setting": setting, "scene": i, "target": target,
-                                    **fig}) + "\n")
+                f.write(json.dumps({"kind": args.kind, "model": args.model, "setting": setting, "scene": i,
+                                    "target": target, **fig}) + "\n")
         print(f"scene {i} done ({len(todo)} runs)", flush=True)
     print(f"{args.kind}: successes over {args.scenes} validation scenes x 2 objects, best first")
-    for hits, runs, k in summarise(args.out, args.kind):
+    for hits, runs, k in summarise(args.out, args.kind, args.model):
         print(f"  {hits:3d} of {runs}  {k}")
     return 0
 

@@ -487,6 +487,16 @@ def train_unet(args, work: Path) -> None:
     bar.close()
 
 
+def map_figures(amap: torch.Tensor, region: np.ndarray, inside: torch.Tensor, other: torch.Tensor) -> tuple[float, float]:
+    """A probe's two figures of one flat attention map: the share of its top 10 % cells on ``region`` (bool), and
+    its mean over the object's coverage ``inside`` / over the other object's ``other``."""
+    top = (amap >= torch.quantile(amap, 0.9)).numpy()
+    share = float((top & region).sum() / max(1, top.sum()))
+    mean_in = float((amap * inside).sum() / inside.sum())
+    mean_other = float((amap * other).sum() / other.sum())
+    return share, mean_in / max(mean_other, 1e-12)
+
+
 class Probe:
     """Localisation on held-out scenes at t = 600: each object's words ("red circle") as their own prompt,
     cross-attention at the 1/4-resolution blocks (input 7, 8 / output 3, 4, 5), heads and layers averaged.
@@ -551,14 +561,9 @@ class Probe:
                 inside = torch.from_numpy(downsample_mask(obj.mask, cells)).float().flatten()
                 other_cov = torch.from_numpy(downsample_mask(other.mask, cells)).float().flatten()
                 for key, toks in (("both", [1, 2]), ("colour", [1]), ("shape", [2])):
-                    amap = m[:, toks].sum(-1)
-                    thr = torch.quantile(amap, 0.9)
-                    top = (amap >= thr).numpy()
-                    share = float((top & region.flatten()).sum() / max(1, top.sum()))
-                    mean_in = float((amap * inside).sum() / inside.sum())
-                    mean_other = float((amap * other_cov).sum() / other_cov.sum())
+                    share, ratio = map_figures(m[:, toks].sum(-1), region.flatten(), inside, other_cov)
                     results[key].append(share)
-                    ratios[key].append(mean_in / max(mean_other, 1e-12))
+                    ratios[key].append(ratio)
         out = {}
         for key in results:
             out[f"m1_{key}"] = round(float(np.median(results[key])), 3)

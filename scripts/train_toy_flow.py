@@ -40,7 +40,7 @@ toy_model = None  # nodes/toy_model.py, imported with the host in main()
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "assets" / "toy" / "toy_sd3.safetensors"
 RECORD = "TRAINING_SD3.json"
-SD3_SCALE, SD3_SHIFT = 1.5305, 0.0609  # the host's latent_formats.SD3 (process_in: (z - shift) * scale)
+SD3_SCALE, SD3_SHIFT = None, None  # the host's latent_formats.SD3 (process_in: (z - shift) * scale), read in main()
 PROBE_INDEX = 600  # the probe's sigma: entry 600 of the model's 1000-step sigma table (0.82 at shift 3)
 CELLS = 16  # image tokens per side at 128 px (32x32 latent, patch 2)
 
@@ -64,9 +64,7 @@ def parse_args(argv=None):
     p.add_argument("--probe-every", type=int, default=250)
     p.add_argument("--ckpt-every", type=int, default=50)
     p.add_argument("--stop-after-min", type=float, default=0, help="checkpoint and exit after this many minutes")
-    args = p.parse_args(argv)
-    args.latent_format = (SD3_SCALE, SD3_SHIFT)
-    return args
+    return p.parse_args(argv)
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -258,12 +256,9 @@ class FlowProbe:
                 inside = torch.from_numpy(downsample_mask(obj.mask, CELLS)).float().flatten()
                 other_cov = torch.from_numpy(downsample_mask(other.mask, CELLS)).float().flatten()
                 for key, m in maps.items():
-                    amap = m[:, [1, 2]].sum(-1)
-                    top = (amap >= torch.quantile(amap, 0.9)).numpy()
-                    shares.setdefault(key, []).append(float((top & region).sum() / max(1, top.sum())))
-                    mean_in = float((amap * inside).sum() / inside.sum())
-                    mean_other = float((amap * other_cov).sum() / other_cov.sum())
-                    ratios.setdefault(key, []).append(mean_in / max(mean_other, 1e-12))
+                    share, ratio = train_toy.map_figures(m[:, [1, 2]].sum(-1), region, inside, other_cov)
+                    shares.setdefault(key, []).append(share)
+                    ratios.setdefault(key, []).append(ratio)
         out = {}
         for key in shares:
             out[f"m1_{key}"] = round(float(np.median(shares[key])), 3)
@@ -310,7 +305,12 @@ def main(argv=None) -> int:
                                                                       *sys.argv[1:]]),
                               "threads": torch.get_num_threads()})
     hostenv.import_host()
-    global toy_model
+    import comfy.latent_formats
+
+    global toy_model, SD3_SCALE, SD3_SHIFT
+    fmt = comfy.latent_formats.SD3()
+    SD3_SCALE, SD3_SHIFT = fmt.scale_factor, fmt.shift_factor
+    args.latent_format = (SD3_SCALE, SD3_SHIFT)
     toy_model = hostenv.import_pack_module("nodes.toy_model")
     train_toy.toy_model = toy_model
     args.vae_config = toy_model.FLOW_VAE_CONFIG
