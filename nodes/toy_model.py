@@ -79,16 +79,20 @@ def model_config():
     return cfg
 
 
-def build_unet(dtype=torch.float32):
-    """The UNet (weights not set) wrapped in a ModelPatcher."""
+def _patched(cfg, dtype):
+    """The model of a host model config (weights not set) at ``dtype``, wrapped in a ModelPatcher."""
     import comfy.model_management as mm
     import comfy.model_patcher
 
-    cfg = model_config()
     device = mm.get_torch_device()
     cfg.set_inference_dtype(dtype, mm.unet_manual_cast(dtype, device, cfg.supported_inference_dtypes))
     model = cfg.get_model({})
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=mm.unet_offload_device())
+
+
+def build_unet(dtype=torch.float32):
+    """The UNet (weights not set) wrapped in a ModelPatcher."""
+    return _patched(model_config(), dtype)
 
 
 def flow_model_config():
@@ -100,14 +104,7 @@ def flow_model_config():
 
 def build_flow_model(dtype=torch.float32):
     """The toy MMDiT (weights not set) wrapped in a ModelPatcher."""
-    import comfy.model_management as mm
-    import comfy.model_patcher
-
-    cfg = flow_model_config()
-    device = mm.get_torch_device()
-    cfg.set_inference_dtype(dtype, mm.unet_manual_cast(dtype, device, cfg.supported_inference_dtypes))
-    model = cfg.get_model({})
-    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=mm.unet_offload_device())
+    return _patched(flow_model_config(), dtype)
 
 
 def build_clip(dtype=torch.float32):

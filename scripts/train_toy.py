@@ -39,19 +39,25 @@ PROBE_T = 600
 VAE_CROP = 64
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", default="all", choices=["vae", "encode", "unet", "export", "all"])
-    p.add_argument("--work", type=Path, default=Path("out/toy_train"))
-    p.add_argument("--out", type=Path, default=WEIGHTS)
+def common_args(p: argparse.ArgumentParser, stages: list[str], work: str, out: Path) -> None:
+    """The options both toy trainers take (this one and train_toy_flow.py): stages, folders, seed, machine, the VAE
+    and encode stages, batch."""
+    p.add_argument("--stage", default="all", choices=[*stages, "all"])
+    p.add_argument("--work", type=Path, default=Path(work))
+    p.add_argument("--out", type=Path, default=out)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--vae-steps", type=int, default=800)
     p.add_argument("--vae-batch", type=int, default=8)
     p.add_argument("--scenes", type=int, default=4000)
-    p.add_argument("--unet-steps", type=int, default=4000)
     p.add_argument("--batch", type=int, default=16)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common_args(p, ["vae", "encode", "unet", "export"], "out/toy_train", WEIGHTS)
+    p.add_argument("--unet-steps", type=int, default=4000)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--min-snr", type=float, default=0.0,
                    help="gamma of min-SNR loss weighting, with timesteps drawn more at high noise (0: off)")

@@ -47,17 +47,8 @@ CELLS = 16  # image tokens per side at 128 px (32x32 latent, patch 2)
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", default="all", choices=["vae", "encode", "dit", "export", "all"])
-    p.add_argument("--work", type=Path, default=Path("out/toy_flow"))
-    p.add_argument("--out", type=Path, default=WEIGHTS)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--vae-steps", type=int, default=800)
-    p.add_argument("--vae-batch", type=int, default=8)
-    p.add_argument("--scenes", type=int, default=4000)
+    train_toy.common_args(p, ["vae", "encode", "dit", "export"], "out/toy_flow", WEIGHTS)
     p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--attn-loss", type=float, default=0.0,
                    help="weight of the auxiliary joint-attention loss (0: off)")
