@@ -244,6 +244,25 @@ def import_host():
     return nodes
 
 
+def import_host_models():
+    """Import only the host's model code (``comfy.*``: model classes, CLIP, VAE, model patcher; idempotent), without
+    its server, nodes or samplers' node side: what the toy trainers need, so that they run where only the host's
+    source and torch are (a lent GPU machine). ``import_pack_module`` then imports pack modules without the rest."""
+    if _state["imported"] or _state.get("models"):
+        return
+    path = host_path()
+    _check_not_shadowed(path)
+    _bytecode_outside(path)
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+    _parse_host_args()
+    import comfy.model_patcher  # noqa: F401
+    import comfy.sd  # noqa: F401
+    import comfy.supported_models  # noqa: F401
+
+    _state["models"] = True
+
+
 def load_builtin_extras():
     """Load the host's ``comfy_extras`` nodes (SamplerCustomAdvanced & co.), as ``main.py`` does."""
     nodes = import_host()
@@ -260,7 +279,8 @@ def pack_module_name(root=PACK_ROOT):
 def import_pack_module(relative_name, root=PACK_ROOT):
     """Import ``<pack>.<relative_name>`` (e.g. ``"nodes.guider"``) without running the
     pack's ``__init__.py`` when the pack is not loaded yet; same module objects as ``load_pack``."""
-    import_host()
+    if not _state.get("models"):
+        import_host()
     name = pack_module_name(root)
     if name not in sys.modules:  # a bare package; load_pack() later replaces it, keeping submodules
         spec = importlib.machinery.ModuleSpec(name, None, is_package=True)

@@ -52,6 +52,12 @@ def common_args(p: argparse.ArgumentParser, stages: list[str], work: str, out: P
     p.add_argument("--vae-batch", type=int, default=8)
     p.add_argument("--scenes", type=int, default=4000)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--vae-from", type=Path, default=None,
+                   help="vae stage: take the VAE of these committed toy weights (assets/toy/*.safetensors) instead of "
+                        "training one")
+    p.add_argument("--budget-min", type=float, default=0,
+                   help="fit the denoiser's steps to this many minutes: after 50 steps the run measures its speed and "
+                        "lowers the step count (and so the learning-rate schedule) to what fits; 0: the steps as given")
 
 
 def parse_args(argv=None):
@@ -100,7 +106,7 @@ def init_weights_(module: torch.nn.Module, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     for sub in module.modules():
         for name, p in sub.named_parameters(recurse=False):
-            if isinstance(sub, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+            if isinstance(sub, (torch.nn.GroupNorm, torch.nn.LayerNorm)) or "norm" in type(sub).__name__.lower():
                 p.fill_(1.0 if name == "weight" else 0.0)
             elif isinstance(sub, torch.nn.Embedding):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
@@ -170,6 +176,10 @@ def vae_posterior(ae, x):
 
 def train_vae(args, work: Path) -> None:
     path = work / "vae.pt"
+    if args.vae_from is not None:
+        if not path.exists():
+            vae_from_weights(args, path)
+        return
     ae = new_vae_module(seed=args.seed, config=getattr(args, "vae_config", None)).to(args.device)
     opt = torch.optim.Adam(ae.parameters(), lr=5e-4)
     step, minutes = 0, 0.0
@@ -215,6 +225,37 @@ def train_vae(args, work: Path) -> None:
     bar.close()
 
 
+def vae_from_weights(args, path: Path) -> None:
+    """The vae stage's checkpoint from a committed toy model's VAE (``--vae-from``): its scale (and shift) already
+    folded in, so the encode stage finds k = 1 (and no offset) and folds nothing more."""
+    from safetensors.torch import load_file
+
+    sd = {k[4:]: v.float() for k, v in load_file(str(args.vae_from)).items() if k.startswith("vae.")}
+    ae = new_vae_module(config=getattr(args, "vae_config", None))
+    ae.load_state_dict(sd)
+    save_ckpt(path, model=ae.state_dict(), step=0, minutes=0.0, source=str(args.vae_from.name))
+    log(path.parent, {"stage": "vae", "from": str(args.vae_from.name)})
+
+
+def fit_budget(args, steps_attr: str, step: int, t_start: float, step_start: int, work: Path) -> None:
+    """``--budget-min``: lower the step count to what fits in the budget at the speed measured over steps 50-150 of
+    the run (after the warm-up); logged."""
+    done = step - step_start
+    if args.budget_min <= 0 or getattr(args, "_fitted", False) or done < 50:
+        return
+    if done == 50 or not hasattr(args, "_t50"):
+        args._t50 = time.time()
+        return
+    if done < 150:
+        return
+    per_step = (time.time() - args._t50) / (done - 50)
+    fits = step + int((args.budget_min * 60 - (time.time() - t_start)) / per_step)
+    args._fitted = True
+    if fits < getattr(args, steps_attr):
+        setattr(args, steps_attr, max(step, fits))
+    log(work, {"stage": "budget", "seconds_per_step": round(per_step, 4), "steps": getattr(args, steps_attr)})
+
+
 def stop_now(args, t0) -> bool:
     return args.stop_after_min > 0 and (time.time() - t0) / 60 >= args.stop_after_min
 
@@ -245,7 +286,7 @@ def encode(args, work: Path) -> None:
     # folded in too (z' = k z + c, c = shift - k mean(z)), so that process_in gives zero-mean channels.
     scale, shift = getattr(args, "latent_format", (SCALE, 0.0))
     k = (1.0 / scale) / float(latents.std())
-    sd = dict(ae.state_dict())
+    sd = {name: v.cpu() for name, v in ae.state_dict().items()}
     zc = (config or toy_model.VAE_CONFIG)["params"]["embed_dim"]
     w, b = sd["quant_conv.weight"].clone(), sd["quant_conv.bias"].clone()
     w[:zc] *= k
@@ -260,9 +301,8 @@ def encode(args, work: Path) -> None:
         latents = latents + c.view(1, -1, 1, 1)
     sd["quant_conv.weight"], sd["quant_conv.bias"] = w, b
     captions = [s.caption for s in scenes]
-    torch.save({"latents": latents.half(), "scenes": list(range(args.scenes)), "vae": sd, "k": k,
-                "objects": [[(o.colour, o.shape) for o in s.objects] for s in scenes],
-                "captions": captions}, path)
+    save_ckpt(path, latents=latents.half(), scenes=list(range(args.scenes)), vae=sd, k=k,  # written whole, then
+              objects=[[(o.colour, o.shape) for o in s.objects] for s in scenes], captions=captions)  # renamed
     log(work, {"stage": "encode", "scenes": args.scenes, "k": k,
                "latent_std_scaled": float(((latents - shift) * scale).std())})
 
@@ -321,16 +361,24 @@ def caption_with_positions(rng, objects):
 
 def augment(x: torch.Tensor, rng, *others: torch.Tensor):
     """Random flips and 90-degree rotations of a latent batch (the shapes are symmetric); the same ones for
-    other batches of maps (e.g. object masks), returned after it when given."""
-    out, rest = [], [[] for _ in others]
-    for i in range(x.shape[0]):
+    other batches of maps (e.g. object masks), returned after it when given. One transform per sample (flip
+    with p = 1/2, then k quarter turns), applied a group of samples at a time (8 groups at most)."""
+    params = []
+    for _ in range(x.shape[0]):
         flip, k = rng.random() < 0.5, int(rng.integers(4))
-        for src, dst in ((x, out), *zip(others, rest, strict=True)):
-            yi = src[i].flip(-1) if flip else src[i]
-            dst.append(torch.rot90(yi, k, dims=(-2, -1)))
-    if not others:
-        return torch.stack(out)
-    return (torch.stack(out), *(torch.stack(r) for r in rest))
+        params.append((flip, k))
+    outs = [torch.empty_like(t) for t in (x, *others)]
+    for flip in (False, True):
+        for k in range(4):
+            idx = [i for i, p in enumerate(params) if p == (flip, k)]
+            if not idx:
+                continue
+            sel = torch.tensor(idx, device=x.device)
+            for src, dst in zip((x, *others), outs, strict=True):
+                y = src[sel.to(src.device)]
+                y = y.flip(-1) if flip else y
+                dst[sel.to(src.device)] = torch.rot90(y, k, dims=(-2, -1))
+    return outs[0] if not others else tuple(outs)
 
 
 def sample_timesteps(rng, n: int, high: bool = False) -> torch.Tensor:
@@ -374,6 +422,13 @@ class AttentionTap:
         return torch.stack(maps).mean(0)
 
 
+def seeded_noise(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """Standard normal noise shaped like ``x``, from a generator seeded with ``seed`` on ``x``'s device (on the CPU
+    the same numbers as ever; on CUDA drawn there, not copied over)."""
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    return torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+
+
 def object_cells(n_scenes: int, cells: int = 8) -> torch.Tensor:
     """(scenes, 2, cells, cells): each training scene's object coverage of the attention cells."""
     out = torch.zeros(n_scenes, 2, cells, cells)
@@ -386,20 +441,27 @@ def object_cells(n_scenes: int, cells: int = 8) -> torch.Tensor:
 def attention_loss(maps: torch.Tensor, named, cover: torch.Tensor) -> torch.Tensor:
     """Mean over the named words of -log(share of the word's spatial attention on its object's cells).
     maps (b, cells, tokens); named[b] = [(object, positions)]; cover (b, 2, c, c)."""
-    terms = []
-    for b, objs in enumerate(named):
-        for obj, positions in objs:
-            inside = (cover[b, obj].flatten() > 0.25).float()
-            p = maps[b][:, positions]  # (cells, words)
-            share = (p * inside[:, None]).sum(0) / p.sum(0).clamp_min(1e-8)
-            terms.append(-torch.log(share + 1e-4))
-    return torch.cat(terms).mean() if terms else maps.sum() * 0.0
+    rows, objs, toks = [], [], []
+    for b, entries in enumerate(named):
+        for obj, positions in entries:
+            for t in positions:
+                rows.append(b)
+                objs.append(obj)
+                toks.append(t)
+    if not rows:
+        return maps.sum() * 0.0
+    dev = maps.device
+    rows_t, objs_t, toks_t = (torch.tensor(v, device=dev) for v in (rows, objs, toks))
+    p = maps[rows_t, :, toks_t]  # (words, cells)
+    inside = (cover.to(dev)[rows_t, objs_t].flatten(1) > 0.25).to(p.dtype)
+    share = (p * inside).sum(-1) / p.sum(-1).clamp_min(1e-8)
+    return -torch.log(share + 1e-4).mean()
 
 
 def train_unet(args, work: Path) -> None:
     path = work / "unet.pt"
     data = torch.load(work / "latents.pt", weights_only=False)
-    latents = data["latents"].float() * SCALE
+    latents = data["latents"].float().to(args.device) * SCALE
     unet = new_unet(args.seed)
     clip = new_clip(args.seed)
     dm = unet.model.diffusion_model.to(args.device)
@@ -426,11 +488,13 @@ def train_unet(args, work: Path) -> None:
     acp = alphas_cumprod(unet).to(args.device)
     probe = Probe(clip, unet, args.device)
     tap = AttentionTap(dm) if args.attn_loss > 0 else None
-    cells = object_cells(latents.shape[0]) if tap else None
+    cells = object_cells(latents.shape[0]).to(args.device) if tap else None
     from tqdm import tqdm
 
     t0, bar = time.time(), tqdm(total=args.unet_steps, initial=step, desc="unet", mininterval=5)
+    step0 = step
     while step < args.unet_steps:
+        fit_budget(args, "unet_steps", step, t0, step0, work)
         dm.train()
         te.train()
         rng = np.random.default_rng([args.seed, 2, step])
@@ -443,8 +507,7 @@ def train_unet(args, work: Path) -> None:
         pairs = [caption_with_positions(rng, data["objects"][i]) for i in idx]
         captions = [c for c, _ in pairs]
         t = sample_timesteps(rng, args.batch, high=args.min_snr > 0 or args.x0_weight > 0).to(args.device)
-        g = torch.Generator().manual_seed(args.seed * 1000003 + step)
-        noise = torch.randn(x0.shape, generator=g).to(args.device)
+        noise = seeded_noise(x0, args.seed * 1000003 + step)
         a = acp[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         # warm up the learning rate over 200 steps, then cosine to 10 %
@@ -561,7 +624,7 @@ class Probe:
                 ctx = te(token_lists(self.clip, [obj.words]))[0]
                 self.maps = []
                 dm(xt.to(self.device), timesteps=torch.tensor([float(PROBE_T)], device=self.device), context=ctx)
-                m = torch.stack(self.maps).mean(0)[0]  # (64, tokens)
+                m = torch.stack(self.maps).mean(0)[0].cpu()  # (64, tokens)
                 cells = int(math.isqrt(m.shape[0]))
                 region = dilate(downsample_mask(obj.mask, cells) > 0, 1)
                 inside = torch.from_numpy(downsample_mask(obj.mask, cells)).float().flatten()
@@ -602,6 +665,7 @@ def export(args, work: Path) -> None:
     record = {
         "commands": ([args.command] if args.command else []) + commands,
         "seed": args.seed, "vae_steps": vae_ck["step"], "vae_minutes": round(vae_ck["minutes"], 1),
+        **({"vae_from": vae_ck["source"]} if "source" in vae_ck else {}),
         "unet_steps": ck["step"], "unet_minutes": round(ck["minutes"], 1), "scenes": len(data["captions"]),
         "batch": args.batch, "machine": f"{platform.machine()} {platform.processor() or ''} "
                                         f"{os.cpu_count()} cores, torch {torch.__version__}, {args.device}",
@@ -621,10 +685,13 @@ def main(argv=None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     log(args.work, {"stage": "start", "command": " ".join(["python", "scripts/train_toy.py", *sys.argv[1:]]),
                     "threads": torch.get_num_threads()})
-    hostenv.import_host()
+    hostenv.import_host_models()
     global toy_model
     toy_model = hostenv.import_pack_module("nodes.toy_model")
     torch.set_grad_enabled(True)
+    if args.device.startswith("cuda"):  # TF32 matrix products: the toy models need no more precision in training
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     stages = ["vae", "encode", "unet", "export"] if args.stage == "all" else [args.stage]
     for stage in stages:
         if stage == "vae":

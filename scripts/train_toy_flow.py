@@ -113,7 +113,7 @@ def forward(dm, xt, sigma, ms, ctx, pooled, tap=None):
 def train_dit(args, work: Path) -> None:
     path = work / "dit.pt"
     data = torch.load(work / "latents.pt", weights_only=False)
-    latents = (data["latents"].float() - SD3_SHIFT) * SD3_SCALE  # what the sampler hands the model
+    latents = (data["latents"].float().to(args.device) - SD3_SHIFT) * SD3_SCALE  # what the sampler hands the model
     model = toy_model.build_flow_model()
     dm = model.model.diffusion_model.to(args.device)
     init_dit_(dm, args.seed)
@@ -135,20 +135,23 @@ def train_dit(args, work: Path) -> None:
         return
     with torch.no_grad():  # the training forward is the host's forward
         toks = train_toy.token_lists(clip, ["a red circle and a blue square", ""])
-        ctx, pooled = text_forward(te, toks)
+        ctx, pooled = (v.cpu() for v in text_forward(te, toks))
         host = clip.encode_from_tokens(clip.tokenize("a red circle and a blue square"), return_pooled=True)
         diff = max((ctx[:1] - host[0]).abs().max().item(), (pooled[:1] - host[1]).abs().max().item())
         if diff > 1e-4:
             raise RuntimeError(f"text_forward differs from the host's CLIP forward by {diff}")
+    te.to(args.device)  # the host's encode loads the encoder onto its own device (the CPU under --cpu)
     sigmas = ms.sigmas.float()
     probe = FlowProbe(clip, model, args.device, work)
     image_len = (latents.shape[-1] // 2) * (latents.shape[-2] // 2)
     tap = JointTap(77, image_len) if args.attn_loss > 0 else None
-    cells = train_toy.object_cells(latents.shape[0], CELLS) if tap else None
+    cells = train_toy.object_cells(latents.shape[0], CELLS).to(args.device) if tap else None
     from tqdm import tqdm
 
     t0, bar = time.time(), tqdm(total=args.steps, initial=step, desc="dit", mininterval=5)
+    step0 = step
     while step < args.steps:
+        train_toy.fit_budget(args, "steps", step, t0, step0, work)
         dm.train()
         te.train()
         rng = np.random.default_rng([args.seed, 3, step])
@@ -160,8 +163,7 @@ def train_dit(args, work: Path) -> None:
         x0 = x0.to(args.device)
         pairs = [train_toy.caption_with_positions(rng, data["objects"][i]) for i in idx]
         sigma = sigmas[torch.from_numpy(rng.integers(0, len(sigmas), size=args.batch))].to(args.device)
-        g = torch.Generator().manual_seed(args.seed * 1000003 + step)
-        noise = torch.randn(x0.shape, generator=g).to(args.device)
+        noise = train_toy.seeded_noise(x0, args.seed * 1000003 + step)
         s = sigma.view(-1, 1, 1, 1)
         xt = (1 - s) * x0 + s * noise
         frac = step / max(1, args.steps)
@@ -276,6 +278,7 @@ def export(args, work: Path) -> None:
     record = {
         "commands": [r["command"] for r in logs if r["stage"] == "start" and "--stage export" not in r["command"]],
         "seed": args.seed, "vae_steps": vae_ck["step"], "vae_minutes": round(vae_ck["minutes"], 1),
+        **({"vae_from": vae_ck["source"]} if "source" in vae_ck else {}),
         "dit_steps": ck["step"], "dit_minutes": round(ck["minutes"], 1), "scenes": len(data["captions"]),
         "batch": args.batch, "machine": f"{platform.machine()} {platform.processor() or ''} "
                                         f"{os.cpu_count()} cores, torch {torch.__version__}, {args.device}",
@@ -295,7 +298,7 @@ def main(argv=None) -> int:
     train_toy.log(args.work, {"stage": "start", "command": " ".join(["python", "scripts/train_toy_flow.py",
                                                                       *sys.argv[1:]]),
                               "threads": torch.get_num_threads()})
-    hostenv.import_host()
+    hostenv.import_host_models()
     import comfy.latent_formats
 
     global toy_model, SD3_SCALE, SD3_SHIFT
@@ -306,6 +309,9 @@ def main(argv=None) -> int:
     train_toy.toy_model = toy_model
     args.vae_config = toy_model.FLOW_VAE_CONFIG
     torch.set_grad_enabled(True)
+    if args.device.startswith("cuda"):  # TF32 matrix products: the toy models need no more precision in training
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     stages = ["vae", "encode", "dit", "export"] if args.stage == "all" else [args.stage]
     for stage in stages:
         if stage == "vae":
