@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 
 import hostenv
 import numpy as np
@@ -154,9 +155,10 @@ def decode(vae, latent) -> np.ndarray:
     return (vae.decode(latent)[0].clamp(0, 1) * 255.0).cpu().numpy()
 
 
-def load(kind: str = "sd15"):
-    """(MODEL, CLIP, VAE) of a committed toy model (MODELS), float32."""
-    return hostenv.import_pack_module("nodes.toy_model").load_toy_model(kind=kind)
+def load(kind: str = "sd15", path=None):
+    """(MODEL, CLIP, VAE) of a committed toy model (MODELS), float32; ``path`` other weights of that kind (a training
+    run's export)."""
+    return hostenv.import_pack_module("nodes.toy_model").load_toy_model(path, kind=kind)
 
 
 def invert(pack: Pack, model, clip, latent, caption: str | None, settings: Settings | None = None, skip=None):
@@ -480,6 +482,53 @@ def grid(figures: list[dict]) -> np.ndarray:
     return np.concatenate(rows[:-1], axis=0).clip(0, 255).round().astype(np.uint8)
 
 
+def without_pictures(fig: dict) -> dict:
+    """A scene's figures without its images and masks (the keys starting with '_')."""
+    return {k: v for k, v in fig.items() if not k.startswith("_")}
+
+
+class Helper:
+    """Half of a figure run in a second process (``python scripts/toy_eval.py --json``), while this one does the
+    other half: the toy models are small, so two processes of one thread each get about 1.5 times the work of one
+    process of two threads through 2 cores. A context manager: entered, the helper runs; ``result()`` waits for it
+    and returns its figures, or raises with the end of its output."""
+
+    def __init__(self, kind: str, first: int, scenes: int, exact_below: int, targets: str = "first", threads: int = 1):
+        self.args = ["--model", kind, "--first", str(first), "--scenes", str(scenes), "--targets", targets,
+                     "--exact-below", str(exact_below)]
+        self.threads = threads
+
+    def __enter__(self) -> Helper:
+        import os
+        import subprocess
+        import sys
+        import tempfile
+        from pathlib import Path
+
+        self.dir = tempfile.TemporaryDirectory(prefix="toy_eval_helper_")
+        self.json = Path(self.dir.name) / "figures.json"
+        self.log = open(Path(self.dir.name) / "log.txt", "w+")
+        env = {**os.environ, "COMFYUI_TEST_THREADS": str(self.threads)}
+        self.proc = subprocess.Popen([sys.executable, __file__, *self.args, "--json", str(self.json)],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def result(self) -> list[dict]:
+        rc = self.proc.wait()
+        if rc != 0 or not self.json.exists():
+            self.log.seek(0)
+            tail = self.log.read()[-3000:]
+            raise RuntimeError(f"the toy_eval helper ({' '.join(self.args)}) failed with exit code {rc}:\n{tail}")
+        return json.loads(self.json.read_text())
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+        self.dir.cleanup()
+
+
 def main(argv=None) -> int:
     """Every figure over held-out scenes, their medians, and optionally the picture of every edit."""
     import argparse
@@ -489,6 +538,10 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("--scenes", type=int, default=20, help="test scenes 0..N-1 (the semantic tests use 20)")
+    p.add_argument("--first", type=int, default=0, help="start at scene FIRST (scenes FIRST..FIRST+N-1)")
+    p.add_argument("--json", type=Path, help="write each edit's figures (no images) to this JSON file")
+    p.add_argument("--exact-below", type=int, default=5,
+                   help="the exactness checks (reconstruction, same-caption prompt edit) on scenes below this index")
     p.add_argument("--split", default="test", choices=("test", "val"),
                    help="the test scenes, or the validation stream (for choosing settings)")
     p.add_argument("--targets", default="drawn", choices=("drawn", "first", "both"),
@@ -502,15 +555,19 @@ def main(argv=None) -> int:
     pack = Pack.load()
     model, clip, vae = load(args.model)
     figures = []
-    for i in range(args.scenes):
+    for i in range(args.first, args.first + args.scenes):
         targets = {"both": (0, 1), "first": (0,), "drawn": (toy_world.test_target(i, args.split),)}[args.targets]
         for target in targets:
             fig = evaluate_scene(pack, model, clip, vae, toy_world.test_scene(i, args.split), target,
-                                 same_caption=i < 5, reconstruction=i < 5, settings=SETTINGS[args.model])
+                                 same_caption=i < args.exact_below, reconstruction=i < args.exact_below,
+                                 settings=SETTINGS[args.model])
             fig["success"] = successes(fig)
             print(f"scene {i} ({args.split}, object {target}): {fig['scene']}\n  " + "\n  ".join(describe(fig))
                   + f"\n  succeeded: {fig['success']}", flush=True)
             figures.append(fig)
+    if args.json:
+        args.json.write_text(json.dumps([without_pictures(f) for f in figures],
+                                        default=lambda v: bool(v) if isinstance(v, np.bool_) else float(v)))
     print(f"per-scene success over {len(figures)} edits of each kind:")
     for kind, definition in SUCCESS.items():
         hits = [f["success"][kind] for f in figures if kind in f["success"]]

@@ -49,6 +49,8 @@ def parse_args(argv=None):
                    help="swap: self_replace")
     p.add_argument("--scenes", type=int, default=10, help="validation scenes 0..N-1, each object edited once")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--weights", type=Path, default=None,
+                   help="weights of --model's kind other than the committed ones (a training run's export)")
     p.add_argument("--out", type=Path, required=True, help="JSON lines, appended (the sweep resumes from it)")
     args = p.parse_args(argv)
     if args.skips is None:
@@ -142,7 +144,7 @@ def main(argv=None) -> int:
     done = done_runs(args.out, args.model)
     hostenv.import_host()
     pack = toy_eval.Pack.load()
-    model, clip, vae = toy_eval.load(args.model)
+    model, clip, vae = toy_eval.load(args.model, args.weights)
     base = toy_eval.SETTINGS[args.model]
     for i in range(args.scenes):
         scene = toy_world.test_scene(i, SPLIT)

@@ -1,0 +1,101 @@
+"""The toy trainers' batched pieces (scripts/train_toy.py): the same results as written out sample by sample, so
+that a GPU run trains what a CPU run trains; the step budget that fits a run to its minutes; and the semantic
+tests' helper process (scripts/toy_eval.py's Helper) saying why it failed."""
+
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import train_toy  # noqa: E402  (imports the host only in main())
+
+
+def augment_one_by_one(x, rng, *others):
+    """The flips and quarter turns as first written: per sample, flip with p = 1/2, then k turns."""
+    out, rest = [], [[] for _ in others]
+    for i in range(x.shape[0]):
+        flip, k = rng.random() < 0.5, int(rng.integers(4))
+        for src, dst in ((x, out), *zip(others, rest, strict=True)):
+            yi = src[i].flip(-1) if flip else src[i]
+            dst.append(torch.rot90(yi, k, dims=(-2, -1)))
+    return (torch.stack(out), *(torch.stack(r) for r in rest)) if others else torch.stack(out)
+
+
+def test_augment_batched_is_per_sample():
+    x = torch.randn(33, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    cover = torch.rand(33, 2, 8, 8, generator=torch.Generator().manual_seed(2))
+    got_x, got_c = train_toy.augment(x, np.random.default_rng(5), cover)
+    want_x, want_c = augment_one_by_one(x, np.random.default_rng(5), cover)
+    assert torch.equal(got_x, want_x) and torch.equal(got_c, want_c)
+    assert torch.equal(train_toy.augment(x, np.random.default_rng(6)), augment_one_by_one(x, np.random.default_rng(6)))
+    assert not torch.equal(got_x, x)  # something was turned
+
+
+def attention_loss_one_by_one(maps, named, cover):
+    terms = []
+    for b, objs in enumerate(named):
+        for obj, positions in objs:
+            inside = (cover[b, obj].flatten() > 0.25).float()
+            p = maps[b][:, positions]
+            share = (p * inside[:, None]).sum(0) / p.sum(0).clamp_min(1e-8)
+            terms.append(-torch.log(share + 1e-4))
+    return torch.cat(terms).mean()
+
+
+def test_attention_loss_batched_is_per_word():
+    g = torch.Generator().manual_seed(3)
+    maps = torch.rand(4, 64, 77, generator=g).softmax(-1).requires_grad_(True)
+    cover = torch.rand(4, 2, 8, 8, generator=g)
+    named = [[(0, [2, 3]), (1, [6, 7])], [], [(1, [1, 2])], [(0, [2, 3])]]
+    got = train_toy.attention_loss(maps, named, cover)
+    want = attention_loss_one_by_one(maps, named, cover)
+    assert torch.allclose(got, want, rtol=1e-6, atol=0)
+    (grad_got,) = torch.autograd.grad(got, maps)
+    (grad_want,) = torch.autograd.grad(attention_loss_one_by_one(maps, named, cover), maps)
+    assert torch.allclose(grad_got, grad_want, rtol=1e-5, atol=1e-9)
+    empty = train_toy.attention_loss(maps, [[] for _ in range(4)], cover)
+    assert float(empty.detach()) == 0.0 and empty.requires_grad
+
+
+def test_seeded_noise_repeats_and_is_the_old_cpu_noise():
+    x = torch.zeros(2, 4, 8, 8)
+    a, b = train_toy.seeded_noise(x, 11), train_toy.seeded_noise(x, 11)
+    assert torch.equal(a, b) and not torch.equal(a, train_toy.seeded_noise(x, 12))
+    assert torch.equal(a, torch.randn(x.shape, generator=torch.Generator().manual_seed(11)))
+
+
+def test_budget_fits_the_steps_to_the_minutes(monkeypatch, tmp_path):
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(train_toy.time, "time", lambda: clock["now"])
+    monkeypatch.setattr(train_toy, "log", lambda work, record: None)
+    args = types.SimpleNamespace(budget_min=1.0, steps=100000)
+    start = clock["now"]
+    for step in range(0, 151):
+        clock["now"] = start + 0.1 * step + (5.0 if step > 0 else 0.0)  # 5 s of warm-up in the first step
+        train_toy.fit_budget(args, "steps", step, start, 0, tmp_path)
+    # measured over steps 50-150: 0.1 s a step; 60 s in all, 20 s spent by step 150: 400 more steps
+    assert abs(args.steps - 550) <= 1
+    assert args._fitted
+    again = args.steps
+    train_toy.fit_budget(args, "steps", 200, start, 0, tmp_path)
+    assert args.steps == again  # fitted once
+
+
+def test_no_budget_leaves_the_steps(tmp_path):
+    args = types.SimpleNamespace(budget_min=0.0, steps=1234)
+    for step in range(0, 300):
+        train_toy.fit_budget(args, "steps", step, 0.0, 0, tmp_path)
+    assert args.steps == 1234
+
+
+def test_the_eval_helper_reports_its_failure():
+    import toy_eval
+
+    helper = toy_eval.Helper("sd15", 0, 1, 0, targets="no-such-targets")
+    with helper, pytest.raises(RuntimeError, match=r"(?s)exit code 2.*invalid choice"):
+        helper.result()
+    assert not Path(helper.dir.name).exists()  # its folder is gone
