@@ -22,7 +22,8 @@ model sampling, shift 3, and the SD3 latent format):
   positions, so any latent size runs); patch 2, so a 32x32 latent is 16x16 image tokens.
 * Text encoder: the toy CLIP above (its context rows and pooled vector; 64 wide), trained with it.
 * VAE: the toy VAE's layout with 16 latent channels, scaled and shifted so that the SD3 latent format's
-  process_in gives zero mean and unit variance.
+  process_in gives zero mean and a standard deviation of 0.88 (the training's fold, since corrected, set the
+  spread before the per-channel shift).
 
 ``load_toy_model()`` returns ``(MODEL, CLIP, VAE)`` as ``CheckpointLoaderSimple`` would (``load_toy_model(
 kind="sd3")`` the flow transformer's); the LEDITS Toy Model node (``toy_node.py``) gives them to

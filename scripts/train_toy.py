@@ -56,8 +56,9 @@ def common_args(p: argparse.ArgumentParser, stages: list[str], work: str, out: P
                    help="vae stage: take the VAE of these committed toy weights (assets/toy/*.safetensors) instead of "
                         "training one")
     p.add_argument("--budget-min", type=float, default=0,
-                   help="fit the denoiser's steps to this many minutes: after 50 steps the run measures its speed and "
-                        "lowers the step count (and so the learning-rate schedule) to what fits; 0: the steps as given")
+                   help="fit the denoiser's steps to this many minutes of this process: the run measures its speed "
+                        "over steps 50-150 and lowers the step count (and so the learning-rate schedule) to what fits "
+                        "(a resumed run fits afresh); 0: the steps as given")
 
 
 def parse_args(argv=None):
@@ -226,8 +227,9 @@ def train_vae(args, work: Path) -> None:
 
 
 def vae_from_weights(args, path: Path) -> None:
-    """The vae stage's checkpoint from a committed toy model's VAE (``--vae-from``): its scale (and shift) already
-    folded in, so the encode stage finds k = 1 (and no offset) and folds nothing more."""
+    """The vae stage's checkpoint from a committed toy model's VAE (``--vae-from``), its scale (and shift) already
+    folded in: the encode stage then folds only what its own scenes call for (k 0.997 on the UNet's VAE; 1.14 on the
+    flow transformer's, whose process_in gave a standard deviation of 0.88: see encode())."""
     from safetensors.torch import load_file
 
     sd = {k[4:]: v.float() for k, v in load_file(str(args.vae_from)).items() if k.startswith("vae.")}
@@ -283,9 +285,12 @@ def encode(args, work: Path) -> None:
     # Fold a scale k into the VAE: z' = k z (quant_conv mean rows x k, logvar rows + 2 log k),
     # post_quant_conv weights / k. Then SD1.5's 0.18215 x z' has unit standard deviation.
     # With a latent format that shifts (SD3's process_in: (z' - shift) x scale), a per-channel offset c is
-    # folded in too (z' = k z + c, c = shift - k mean(z)), so that process_in gives zero-mean channels.
+    # folded in too (z' = k z + c, c = shift - k mean(z)), so that process_in gives zero-mean channels; then k is
+    # measured on the channel-centred latents, so that the variance is one after the shift too (the committed flow
+    # transformer's VAE was folded before this was so: its process_in gives a standard deviation of 0.88).
     scale, shift = getattr(args, "latent_format", (SCALE, 0.0))
-    k = (1.0 / scale) / float(latents.std())
+    spread = latents - latents.mean(dim=(0, 2, 3), keepdim=True) if shift else latents
+    k = (1.0 / scale) / float(spread.std())
     sd = {name: v.cpu() for name, v in ae.state_dict().items()}
     zc = (config or toy_model.VAE_CONFIG)["params"]["embed_dim"]
     w, b = sd["quant_conv.weight"].clone(), sd["quant_conv.bias"].clone()
