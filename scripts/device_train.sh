@@ -7,6 +7,10 @@
 # files up to 16 MiB). Also runs on the CPU for a smoke test (DEVICE=cpu SCENES=200 BUDGET=0.2).
 #
 #   COMFYUI_PATH=<host> OUT=<folder> bash scripts/device_train.sh
+#
+# On the lent machine, which has torch but no host: copy a host's source (without .git) into a folder of this repo
+# that .git/info/exclude ignores, e.g. .host/ComfyUI, carry that folder with the call, and set COMFYUI_PATH to it
+# (2026-12-04: ComfyUI 0.3.64, 16 MB; the trainers import only its model code: hostenv.import_host_models).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEVICE="${DEVICE:-cuda}"
