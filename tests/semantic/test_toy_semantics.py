@@ -34,7 +34,8 @@ def figures(toy):
     # The second half of the scenes in a helper process while this one does the first (2 cores: two processes of
     # one thread each get through the small toy models about 1.5 times faster than one of two threads).
     helped = N_SCENES // 2 if (os.cpu_count() or 1) >= 2 else 0
-    mine = range(FIRST_SCENE, FIRST_SCENE + N_SCENES - helped)
+    scenes = range(FIRST_SCENE, FIRST_SCENE + N_SCENES)
+    targets = [toy_world.test_target(i) if TARGETS[kind] == "drawn" else 0 for i in scenes]
     out = []
     helper = toy_eval.Helper(kind, FIRST_SCENE + N_SCENES - helped, helped, FIRST_SCENE + EXACT_SCENES,
                              targets=TARGETS[kind])
@@ -42,12 +43,11 @@ def figures(toy):
         threads = torch.get_num_threads()
         torch.set_num_threads(1 if helped else threads)
         try:
-            for i in mine:
+            for i, target in list(zip(scenes, targets, strict=True))[:N_SCENES - helped]:
                 # the prompt edit's same-caption exactness and the reconstruction on the first EXACT_SCENES scenes
                 # (time; both are exact properties the host tests check on every model layout); the helper is told
                 # the same
                 exact = i < FIRST_SCENE + EXACT_SCENES
-                target = toy_world.test_target(i) if TARGETS[kind] == "drawn" else 0
                 fig = toy_eval.evaluate_scene(pack, model, clip, vae, toy_world.test_scene(i), target,
                                               same_caption=exact, reconstruction=exact, settings=toy_eval.SETTINGS[kind])
                 fig["success"] = toy_eval.successes(fig)
@@ -56,8 +56,6 @@ def figures(toy):
             torch.set_num_threads(threads)
         if helped:
             out.extend(helper.result())
-    scenes = range(FIRST_SCENE, FIRST_SCENE + N_SCENES)
-    targets = [toy_world.test_target(i) if TARGETS[kind] == "drawn" else 0 for i in scenes]
     expected = [(toy_world.test_scene(i).caption, toy_world.test_scene(i).objects[t].words)
                 for i, t in zip(scenes, targets, strict=True)]
     assert [(f["scene"], f["target"]) for f in out] == expected
