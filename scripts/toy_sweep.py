@@ -113,13 +113,14 @@ def score(kind: str, setting: dict, pack, model, clip, vae, scene, inv, before_i
     return {**fig, "success": toy_eval.recoloured(**fig)}
 
 
-def done_runs(path: Path, model: str) -> set[tuple[str, int, int]]:
+def done_runs(path: Path, kind: str, model: str) -> set[tuple[str, int, int]]:
+    """(setting, scene, target) of the rows of this kind and model already in ``path``."""
     if not path.exists():
         return set()
     out = set()
     for line in path.read_text().splitlines():
         r = json.loads(line)
-        if r.get("model", "sd15") == model:  # rows from before --model are the UNet's
+        if r["kind"] == kind and r.get("model", "sd15") == model:  # rows from before --model are the UNet's
             out.add((key_of(r["setting"]), r["scene"], r["target"]))
     return out
 
@@ -135,13 +136,28 @@ def summarise(path: Path, kind: str, model: str) -> list[tuple[int, int, str]]:
     return sorted(((hits[k], runs[k], k) for k in runs), reverse=True)
 
 
+def by_colour(path: Path, kind: str, model: str, setting: str) -> dict[str, tuple[int, int]]:
+    """Successes of one setting (key_of()) by the edited object's colour ("target red") and by the other object's
+    ("other green"): (successes, runs) each. Which objects an edit lands on, not only how often."""
+    out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        if r["kind"] != kind or r.get("model", "sd15") != model or key_of(r["setting"]) != setting:
+            continue
+        scene = toy_world.test_scene(r["scene"], SPLIT)
+        for role, obj in (("target", scene.objects[r["target"]]), ("other", scene.objects[1 - r["target"]])):
+            out[f"{role} {obj.colour}"][0] += bool(r["success"])
+            out[f"{role} {obj.colour}"][1] += 1
+    return {k: (v[0], v[1]) for k, v in sorted(out.items())}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     grid = settings(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    done = done_runs(args.out, args.model)
+    done = done_runs(args.out, args.kind, args.model)
     hostenv.import_host()
     pack = toy_eval.Pack.load()
     model, clip, vae = toy_eval.load(args.model, args.weights)
@@ -162,8 +178,12 @@ def main(argv=None) -> int:
                                     "target": target, **fig}) + "\n")
         print(f"scene {i} done ({len(todo)} runs)", flush=True)
     print(f"{args.kind}: successes over {args.scenes} validation scenes x 2 objects, best first")
-    for hits, runs, k in summarise(args.out, args.kind, args.model):
+    ranked = summarise(args.out, args.kind, args.model)
+    for hits, runs, k in ranked:
         print(f"  {hits:3d} of {runs}  {k}")
+    if ranked:
+        split = by_colour(args.out, args.kind, args.model, ranked[0][2])
+        print("the best setting, by colour: " + ", ".join(f"{k} {h} of {n}" for k, (h, n) in split.items()))
     return 0
 
 

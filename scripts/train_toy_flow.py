@@ -119,7 +119,12 @@ def train_dit(args, work: Path) -> None:
     dm = model.model.diffusion_model.to(args.device)
     init_dit_(dm, args.seed)
     ms = model.model.model_sampling
-    _, clip, _ = toy_model.load_toy_model()  # the toy UNet's text encoder as the start
+    if args.init_from is None:
+        _, clip, _ = toy_model.load_toy_model()  # the toy UNet's text encoder as the start
+    else:  # a fine-tune: the MMDiT and the text encoder of those weights
+        start, clip, _ = toy_model.load_toy_model(args.init_from, kind="sd3")
+        dm.load_state_dict(start.model.diffusion_model.state_dict())
+        del start
     te = clip.cond_stage_model.clip_l.to(args.device)
     for p in list(dm.parameters()) + list(te.parameters()):
         p.requires_grad_(True)
@@ -145,7 +150,7 @@ def train_dit(args, work: Path) -> None:
     sigmas = ms.sigmas.float()
     probe = FlowProbe(clip, model, args.device, work)
     image_len = (latents.shape[-1] // 2) * (latents.shape[-2] // 2)
-    tap = JointTap(77, image_len) if args.attn_loss > 0 else None
+    tap = JointTap(77, image_len) if args.attn_loss > 0 or args.phrase_loss > 0 else None
     cells = train_toy.object_cells(latents.shape[0], CELLS).to(args.device) if tap else None
     from tqdm import tqdm
 
@@ -178,7 +183,12 @@ def train_dit(args, work: Path) -> None:
         if tap:
             maps = tap.take()
             attn = train_toy.attention_loss(torch.stack(maps).mean(0), [n for _, n in pairs], cover)
-            total = total + args.attn_loss * attn
+            if args.attn_loss > 0:
+                total = total + args.attn_loss * attn
+        if args.phrase_loss > 0:
+            phrase = phrase_loss(dm, te, clip, ms, rng, xt, sigma, cover, [data["objects"][i] for i in idx], tap,
+                                 args.phrase_batch)
+            total = total + args.phrase_loss * phrase
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -188,6 +198,8 @@ def train_dit(args, work: Path) -> None:
         elapsed = minutes + (time.time() - t0) / 60
         if step % 25 == 0:
             extra = {"attn_loss": round(attn.item(), 4)} if tap else {}
+            if args.phrase_loss > 0:
+                extra["phrase_loss"] = round(phrase.item(), 4)
             train_toy.log(work, {"stage": "dit", "step": step, "loss": loss.item(), **extra, "lr": lr,
                                  "minutes": round(elapsed, 2)})
         if step % args.probe_every == 0 or step == args.steps:
@@ -200,12 +212,30 @@ def train_dit(args, work: Path) -> None:
     bar.close()
 
 
+def phrase_loss(dm, te, clip, ms, rng, xt, sigma, cover, objects, tap, n: int) -> torch.Tensor:
+    """The auxiliary loss on recolouring phrases (``--phrase-loss``): for the first ``n`` samples of the batch that
+    have an object of its own shape, the phrase of train_toy.recolour_phrase() as the prompt, on the same noisy
+    latents; its shape word's joint attention (blocks averaged) should fall on that object: train_toy.attention_loss
+    (train_toy.phrase_rows says why the shape word only). No denoising loss
+    on this pass: the world has no image of what such a phrase asks for, so only where its words look is taught,
+    as the attention loss teaches it for the caption's words; what the phrase draws is left to the model."""
+    rows, texts, named = train_toy.phrase_rows(rng, objects, n)
+    if not rows:
+        return xt.sum() * 0.0
+    sel = torch.tensor(rows, device=xt.device)
+    ctx, pooled = text_forward(te, train_toy.token_lists(clip, texts))
+    forward(dm, xt[sel], sigma[sel], ms, ctx, pooled, tap)
+    return train_toy.attention_loss(torch.stack(tap.take()).mean(0), named, cover[sel.to(cover.device)])
+
+
 class FlowProbe:
     """Localisation per joint block on validation scenes (``toy_world.test_scene(i, "val")``, never a test
     scene) at sigma = the model's table entry PROBE_INDEX: each object's words ("red circle") as their own
     prompt, the image queries' probabilities on the words' tokens, heads averaged. Per block and over all
     blocks: the M1 share (of the top 10 % cells, the share on the object dilated one cell) and the ratio of
-    the map's mean over the object to its mean over the other object; medians over scenes and objects."""
+    the map's mean over the object to its mean over the other object; medians over scenes and objects. The same
+    (keys ``phrase_all``, ``phrase_late``: all blocks, the second half that M1 reads) for the phrase that recolours
+    the object: a colour no object has and its shape ("blue square" on a red square)."""
 
     def __init__(self, clip, model, device, work: Path, n_scenes=12):
         self.clip, self.model, self.device = clip, model, device
@@ -239,20 +269,25 @@ class FlowProbe:
             x0 = x0s[si:si + 1]
             g = torch.Generator().manual_seed(si)
             xt = (1 - sigma) * x0 + sigma * torch.randn(x0.shape, generator=g)
+            absent = next(c for c in toy_world.COLOURS if c not in {o.colour for o in sc.objects})
             for oi, obj in enumerate(sc.objects):
                 other = sc.objects[1 - oi]
-                ctx, pooled = text_forward(te, train_toy.token_lists(self.clip, [obj.words]))
-                tap = JointTap(ctx.shape[1], CELLS * CELLS)
-                forward(dm, xt.to(self.device), sigma.to(self.device), ms, ctx, pooled, tap)
-                maps = {f"block{b}": m[0].cpu() for b, m in enumerate(tap.maps)}
-                maps["all"] = torch.stack(list(maps.values())).mean(0)
                 region = dilate(downsample_mask(obj.mask, CELLS) > 0, 1).flatten()
                 inside = torch.from_numpy(downsample_mask(obj.mask, CELLS)).float().flatten()
                 other_cov = torch.from_numpy(downsample_mask(other.mask, CELLS)).float().flatten()
-                for key, m in maps.items():
-                    share, ratio = train_toy.map_figures(m[:, [1, 2]].sum(-1), region, inside, other_cov)
-                    shares.setdefault(key, []).append(share)
-                    ratios.setdefault(key, []).append(ratio)
+                # the object's own words, and (prefix "phrase_") the phrase that recolours it: "<absent> <shape>"
+                for prefix, words in (("", obj.words), ("phrase_", f"{absent} {obj.shape}")):
+                    ctx, pooled = text_forward(te, train_toy.token_lists(self.clip, [words]))
+                    tap = JointTap(ctx.shape[1], CELLS * CELLS)
+                    forward(dm, xt.to(self.device), sigma.to(self.device), ms, ctx, pooled, tap)
+                    maps = {f"block{b}": m[0].cpu() for b, m in enumerate(tap.maps)}
+                    maps["all"] = torch.stack(list(maps.values())).mean(0)
+                    if prefix:
+                        maps = {"all": maps["all"], "late": torch.stack([m[0].cpu() for m in tap.maps[2:]]).mean(0)}
+                    for key, m in maps.items():
+                        share, ratio = train_toy.map_figures(m[:, [1, 2]].sum(-1), region, inside, other_cov)
+                        shares.setdefault(prefix + key, []).append(share)
+                        ratios.setdefault(prefix + key, []).append(ratio)
         out = {}
         for key in shares:
             out[f"m1_{key}"] = round(float(np.median(shares[key])), 3)

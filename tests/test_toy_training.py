@@ -1,6 +1,7 @@
 """The toy trainers' batched pieces (scripts/train_toy.py): the same results as written out sample by sample, so
-that a GPU run trains what a CPU run trains; the step budget that fits a run to its minutes; and the semantic
-tests' helper process (scripts/toy_eval.py's Helper) saying why it failed."""
+that a GPU run trains what a CPU run trains; the step budget that fits a run to its minutes; the recolouring
+phrases of the phrase loss; and the semantic tests' helper process (scripts/toy_eval.py's Helper) saying why it
+failed."""
 
 import sys
 import types
@@ -99,3 +100,30 @@ def test_the_eval_helper_reports_its_failure():
     with helper, pytest.raises(RuntimeError, match=r"(?s)exit code 2.*invalid choice"):
         helper.result()
     assert not Path(helper.dir.name).exists()  # its folder is gone
+
+
+def test_recolour_phrase_names_an_absent_colour_and_the_objects_own_shape():
+    rng = np.random.default_rng(0)
+    seen = set()
+    for objects in ([("red", "circle"), ("blue", "square")], [("green", "square")],
+                    [("red", "circle"), ("blue", "circle"), ("blue", "square")]):
+        for _ in range(40):
+            phrase, index, positions = train_toy.recolour_phrase(rng, objects)
+            words = phrase.split()
+            colour, shape = (words[p - 1] for p in positions)  # position 0 is the start token
+            assert colour not in {c for c, _ in objects} and colour in ("red", "green", "blue")
+            assert shape == objects[index][1] and [s for _, s in objects].count(shape) == 1
+            seen.add((len(objects), index, phrase.startswith("a ")))
+    assert {(2, 0, True), (2, 1, False), (1, 0, True), (3, 2, False)} <= seen  # both objects, both forms
+    assert train_toy.recolour_phrase(rng, [("red", "circle"), ("blue", "circle")]) is None  # no shape of its own
+    assert train_toy.recolour_phrase(rng, [("red", "circle"), ("blue", "square"), ("green", "circle")]) is None
+
+
+def test_phrase_rows_take_the_first_samples_that_have_a_phrase():
+    same = [("red", "circle"), ("blue", "circle")]  # no object of its own shape: no phrase
+    objects = [same, [("red", "circle"), ("blue", "square")], same, [("green", "square")], [("blue", "circle")]]
+    rows, texts, named = train_toy.phrase_rows(np.random.default_rng(1), objects, 2)
+    assert rows == [1, 3] and len(texts) == len(named) == 2
+    (obj, positions), = named[1]
+    assert obj == 0 and len(positions) == 1 and texts[1].split()[positions[0] - 1] == "square"  # the shape word only
+    assert train_toy.phrase_rows(np.random.default_rng(1), [same], 4) == ([], [], [])

@@ -1,0 +1,46 @@
+"""scripts/toy_sweep.py's bookkeeping: a resumed sweep skips only the runs of its own kind and model, and the
+summary's split by colour counts each run once per role."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import toy_sweep  # noqa: E402  (imports the host only in main())
+import toy_world  # noqa: E402
+
+SETTING = {"scale": 20.0, "skip": 0.0, "source": "caption", "threshold": 0.9}
+
+
+def write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_a_removal_row_does_not_count_as_the_same_alteration_done(tmp_path):
+    out = tmp_path / "sweep.jsonl"
+    write(out, [{"kind": "removal", "model": "sd3", "setting": SETTING, "scene": 0, "target": 1, "success": True},
+                {"kind": "alteration", "model": "sd15", "setting": SETTING, "scene": 0, "target": 0, "success": True}])
+    key = toy_sweep.key_of(SETTING)
+    assert toy_sweep.done_runs(out, "removal", "sd3") == {(key, 0, 1)}
+    assert toy_sweep.done_runs(out, "alteration", "sd3") == set()  # was {(key, 0, 1)}: the removal's row
+    assert toy_sweep.done_runs(out, "alteration", "sd15") == {(key, 0, 0)}
+
+
+def test_by_colour_counts_each_run_as_target_and_as_other(tmp_path):
+    out = tmp_path / "sweep.jsonl"
+    rows = [{"kind": "alteration", "model": "sd3", "setting": SETTING, "scene": i, "target": t, "success": (i + t) % 2 == 0}
+            for i in range(3) for t in (0, 1)]
+    rows.append({"kind": "alteration", "model": "sd3", "setting": {**SETTING, "scale": 10.0}, "scene": 0, "target": 0,
+                 "success": True})  # another setting: not counted
+    write(out, rows)
+    split = toy_sweep.by_colour(out, "alteration", "sd3", toy_sweep.key_of(SETTING))
+    want: dict[str, list[int]] = {}
+    for r in rows[:-1]:
+        scene = toy_world.test_scene(r["scene"], "val")
+        for role, obj in (("target", scene.objects[r["target"]]), ("other", scene.objects[1 - r["target"]])):
+            want.setdefault(f"{role} {obj.colour}", [0, 0])
+            want[f"{role} {obj.colour}"][0] += r["success"]
+            want[f"{role} {obj.colour}"][1] += 1
+    assert split == {k: tuple(v) for k, v in want.items()}
+    assert sum(n for k, (_, n) in split.items() if k.startswith("target")) == 6
+    assert sum(h for k, (h, _) in split.items() if k.startswith("other")) == 3
