@@ -169,9 +169,11 @@ def invert(pack: Pack, model, clip, latent, caption: str | None, settings: Setti
                                         scheduler=s.scheduler, seed=SEED, source=source, source_scale=s.source_scale)
 
 
-def edit(pack: Pack, model, clip, inversion, text, reverse, mask_mode="intersect", *, scale: float, threshold: float):
+def edit(pack: Pack, model, clip, inversion, text, reverse, mask_mode="intersect", *, scale: float, threshold: float,
+         mask=None):
+    """One concept edit through the pack's nodes; ``mask`` the concept's own (user) mask, (1, H, W), or None."""
     concept = pack.concept.make_concept(clip, text, scale=scale, threshold=threshold, reverse=reverse,
-                                        warmup=0.0, cooldown=1.0)
+                                        warmup=0.0, cooldown=1.0, mask=mask)
     recorder = TokenRecorder(pack)
     with recorder.active():
         out, masks = pack.sampler.run_edit(model, inversion, [concept], mask_mode)

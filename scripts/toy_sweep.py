@@ -47,10 +47,16 @@ def parse_args(argv=None):
     p.add_argument("--cross", type=floats, default=[toy_eval.SWAP["cross_replace"]], help="swap: cross_replace")
     p.add_argument("--self", dest="self_", type=floats, default=[toy_eval.SWAP["self_replace"]],
                    help="swap: self_replace")
+    p.add_argument("--object-mask", action="store_true",
+                   help="concept edits: give the concept the edited object's region (dilated 4 px) as its mask, as a "
+                        "user would from a mask node: how often the edit lands where the place is known")
+    p.add_argument("--mask-modes", default="intersect", help="concept edits: comma list of the sampler's mask modes")
     p.add_argument("--scenes", type=int, default=10, help="validation scenes 0..N-1, each object edited once")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--weights", type=Path, default=None,
                    help="weights of --model's kind other than the committed ones (a training run's export)")
+    p.add_argument("--palette", default="rgb", choices=sorted(toy_world.PALETTES),
+                   help="the world's colours (toy_world.PALETTES): those the --weights were trained on")
     p.add_argument("--out", type=Path, required=True, help="JSON lines, appended (the sweep resumes from it)")
     args = p.parse_args(argv)
     if args.skips is None:
@@ -70,8 +76,10 @@ def settings(args) -> list[dict]:
             raise SystemExit("--kind swap edits the caption: its inversion's source is the caption (--sources caption)")
         return [{"skip": k, "source": "caption", "scale": s, "cross_replace": c, "self_replace": r}
                 for k, s, c, r in itertools.product(args.skips, args.scales, args.cross, args.self_)]
-    return [{"skip": k, "source": src, "scale": s, "threshold": t}
-            for k, src, s, t in itertools.product(args.skips, sources, args.scales, args.thresholds)]
+    extra = {"object_mask": True} if args.object_mask else {}
+    modes = [m for m in args.mask_modes.split(",") if m]
+    return [{"skip": k, "source": src, "scale": s, "threshold": t, **extra, **({"mask_mode": m} if m != "intersect" else {})}
+            for k, src, s, t, m in itertools.product(args.skips, sources, args.scales, args.thresholds, modes)]
 
 
 def key_of(setting: dict) -> str:
@@ -96,7 +104,10 @@ def score(kind: str, setting: dict, pack, model, clip, vae, scene, inv, before_i
         img = toy_eval.decode(vae, out)
         fig = {"covered": toy_eval.covered(img, target, new), "other_kept": toy_eval.kept(before_img, img, other)}
         return {**fig, "success": toy_eval.recoloured(**fig)}
-    concept = {"scale": setting["scale"], "threshold": setting["threshold"]}
+    concept = {"scale": setting["scale"], "threshold": setting["threshold"],
+               "mask_mode": setting.get("mask_mode", "intersect")}
+    if setting.get("object_mask"):
+        concept["mask"] = torch.from_numpy(toy_world.dilate(target.mask, 4).astype("float32"))[None]
     if kind == "removal":
         out, _, _ = toy_eval.edit(pack, model, clip, inv, target.words, True, **concept)
         img = toy_eval.decode(vae, out)
@@ -153,6 +164,7 @@ def by_colour(path: Path, kind: str, model: str, setting: str) -> dict[str, tupl
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    toy_world.use_palette(args.palette)
     if args.threads:
         torch.set_num_threads(args.threads)
     grid = settings(args)

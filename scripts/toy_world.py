@@ -19,6 +19,11 @@ from PIL import Image, ImageDraw
 SIZE = 128
 SHAPES = ("circle", "square")
 COLOURS = {"red": (210, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 210)}
+# The palettes a world can be drawn in (use_palette()): "rgb" is the committed models' world. In the toy models'
+# latents its green lies between its red and blue (scripts/phrase_probe.py --palette-only), which is where the
+# alterations fail (assets/toy/README.md); "equal" puts the three colours at equal RGB distances from each other
+# (226) and from the background (276-280), for trying a world without a colour in the middle.
+PALETTES = {"rgb": dict(COLOURS), "equal": {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}}
 BACKGROUND = (238, 236, 230)
 HALF_SIZE = (17, 27)  # half the object's side / its radius, in px (objects 34..54 px wide)
 MARGIN = 4  # px between objects and from the border
@@ -50,6 +55,15 @@ class ToyScene:
 
     def pil(self) -> Image.Image:
         return Image.fromarray(self.image)
+
+
+def use_palette(name: str) -> None:
+    """Draw (and measure) every scene from now on in palette ``name`` (PALETTES): the same scenes, objects, names
+    and captions, other RGB values. The committed toy models were trained on "rgb", the default."""
+    if name not in PALETTES:
+        raise ValueError(f"palette must be one of {tuple(PALETTES)}, not {name!r}")
+    COLOURS.clear()
+    COLOURS.update(PALETTES[name])
 
 
 def rng_for(index: int, split: str = "train") -> np.random.Generator:

@@ -63,6 +63,8 @@ def common_args(p: argparse.ArgumentParser, stages: list[str], work: str, out: P
     p.add_argument("--init-from", type=Path, default=None,
                    help="start the denoiser and text encoder from these toy weights of the trainer's kind (a fine-tune); the encode stage "
                         "then keeps their VAE's scale as it is, since the weights were trained on it")
+    p.add_argument("--palette", default="rgb", choices=sorted(toy_world.PALETTES),
+                   help="the world's colours (toy_world.PALETTES; the committed models': rgb)")
     p.add_argument("--budget-min", type=float, default=0,
                    help="fit the denoiser's steps to this many minutes of this process: the run measures its speed "
                         "over steps 50-150 and lowers the step count (and so the learning-rate schedule) to what fits "
@@ -753,6 +755,7 @@ def export(args, work: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    toy_world.use_palette(args.palette)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)

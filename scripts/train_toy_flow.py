@@ -328,6 +328,7 @@ def export(args, work: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    toy_world.use_palette(args.palette)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)

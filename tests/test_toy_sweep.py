@@ -1,9 +1,11 @@
 """scripts/toy_sweep.py's bookkeeping: a resumed sweep skips only the runs of its own kind and model, and the
-summary's split by colour counts each run once per role."""
+summary's split by colour counts each run once per role; toy_world's palettes."""
 
 import json
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import toy_sweep  # noqa: E402  (imports the host only in main())
@@ -44,3 +46,20 @@ def test_by_colour_counts_each_run_as_target_and_as_other(tmp_path):
     assert split == {k: tuple(v) for k, v in want.items()}
     assert sum(n for k, (_, n) in split.items() if k.startswith("target")) == 6
     assert sum(h for k, (h, _) in split.items() if k.startswith("other")) == 3
+
+
+def test_a_palette_draws_the_same_scenes_in_other_colours():
+    before = toy_world.scene(3, "train")
+    try:
+        toy_world.use_palette("equal")
+        other = toy_world.scene(3, "train")
+        assert other.caption == before.caption
+        assert all((a.mask == b.mask).all() for a, b in zip(before.objects, other.objects, strict=True))
+        obj = other.objects[0]
+        assert tuple(other.image[obj.mask][0]) == toy_world.PALETTES["equal"][obj.colour]
+        assert toy_world.colour_pixels(other.image, obj.colour)[obj.mask].mean() > 0.99  # measured in that palette
+    finally:
+        toy_world.use_palette("rgb")
+    assert (toy_world.scene(3, "train").image == before.image).all()
+    with pytest.raises(ValueError, match="palette must be one of"):
+        toy_world.use_palette("pastel")
