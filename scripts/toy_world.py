@@ -19,10 +19,10 @@ from PIL import Image, ImageDraw
 SIZE = 128
 SHAPES = ("circle", "square")
 COLOURS = {"red": (210, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 210)}
-# The palettes a world can be drawn in (use_palette()): "rgb" is the committed models' world. In the toy models'
-# latents its green lies between its red and blue (scripts/phrase_probe.py --palette-only), which is where the
-# alterations fail (assets/toy/README.md); "equal" puts the three colours at equal RGB distances from each other
-# (226) and from the background (276-280), for trying a world without a colour in the middle.
+# The palettes a world can be drawn in (use_palette()): "rgb" is the committed models' world (in both toy latents its
+# green lies between its red and blue: scripts/phrase_probe.py --palette-only); "equal" puts the three colours at
+# equal RGB distances from each other (226) and from the background (276-280). A flow transformer trained on "equal"
+# recoloured no better (assets/toy/README.md).
 PALETTES = {"rgb": dict(COLOURS), "equal": {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}}
 BACKGROUND = (238, 236, 230)
 HALF_SIZE = (17, 27)  # half the object's side / its radius, in px (objects 34..54 px wide)

@@ -96,6 +96,13 @@ def counts(figures):
         hits = [f["success"][kind] for f in figures if kind in f["success"]]
         if hits:  # (no prompt edit on a flow model)
             print(f"\n[semantic] per-scene success, {kind}: {sum(hits)} of {len(hits)} scenes")
+            by = {}  # by the edited object's colour: the toy models recolour green objects only (assets/toy/README.md)
+            for f in figures:
+                if kind in f["success"]:
+                    colour = f["target"].split()[0]
+                    by.setdefault(colour, []).append(f["success"][kind])
+            print("[semantic]   by the edited object's colour: "
+                  + ", ".join(f"{c} {sum(v)} of {len(v)}" for c, v in sorted(by.items())))
     for key in ("two_colour_drop", "two_cleared", "two_other_covered"):  # two in one: removal + recolouring
         summary(figures, key)
     return figures
