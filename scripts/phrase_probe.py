@@ -6,9 +6,9 @@ state of the scene (sigma: entry --sigma-index of the model's table, a seed per 
 ("red square") and once with its recolouring phrase (the colour no object has and its shape, "blue square") as
 the prompt; the image queries' joint attention on the words (heads averaged, the joint blocks M1 reads) gives the
 M1 share (top tenth of the cells on the object dilated one cell) and the attention ratio (on the object / on the
-other object), as train_toy_flow's probe. Printed by the edited object's colour, by the other object's and by the pair: the
-medians and how many runs look at the other object more (ratio < 1). First, the palette's distances in the
-model's latent (palette_distances()).
+other object), as train_toy_flow's probe. Printed by the edited object's colour, by the other object's and by the
+pair: the medians and how many runs look at the other object more (ratio < 1). First, the palette's distances in
+the model's latent (palette_distances()).
 
     python scripts/phrase_probe.py --scenes 20                 # the committed toy flow transformer
     python scripts/phrase_probe.py --weights out/ft/x/toy_sd3.safetensors

@@ -78,7 +78,8 @@ def settings(args) -> list[dict]:
                 for k, s, c, r in itertools.product(args.skips, args.scales, args.cross, args.self_)]
     extra = {"object_mask": True} if args.object_mask else {}
     modes = [m for m in args.mask_modes.split(",") if m]
-    return [{"skip": k, "source": src, "scale": s, "threshold": t, **extra, **({"mask_mode": m} if m != "intersect" else {})}
+    return [{"skip": k, "source": src, "scale": s, "threshold": t, **extra,
+             **({"mask_mode": m} if m != "intersect" else {})}  # intersect: keys as before, so old sweeps resume
             for k, src, s, t, m in itertools.product(args.skips, sources, args.scales, args.thresholds, modes)]
 
 
