@@ -35,6 +35,7 @@ import train_toy_flow  # noqa: E402
 CELLS = train_toy_flow.CELLS
 
 
+@torch.no_grad()
 def measure(model, clip, vae, scenes: int, sigma_index: int, blocks: list[int], words: str = "words"):
     """{(prompt kind, role colour): [(share, ratio), ...]}: prompt kind "own" or "phrase", role colour e.g.
     "target red" / "other green" / "red by green" (the edited object red, the other green); words "colour",

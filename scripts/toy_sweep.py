@@ -125,36 +125,46 @@ def score(kind: str, setting: dict, pack, model, clip, vae, scene, inv, before_i
     return {**fig, "success": toy_eval.recoloured(**fig)}
 
 
-def done_runs(path: Path, kind: str, model: str) -> set[tuple[str, int, int]]:
-    """(setting, scene, target) of the rows of this kind and model already in ``path``."""
+def same_run(r: dict, kind: str, model: str, weights: str | None = None, palette: str = "rgb") -> bool:
+    """Whether a row is of this kind, model, weights (None: the committed ones) and palette. Rows from before
+    --model are the UNet's, from before --weights / --palette the committed weights' in the rgb palette."""
+    return (r["kind"] == kind and r.get("model", "sd15") == model and r.get("weights") == weights
+            and r.get("palette", "rgb") == palette)
+
+
+def done_runs(path: Path, kind: str, model: str, weights: str | None = None,
+              palette: str = "rgb") -> set[tuple[str, int, int]]:
+    """(setting, scene, target) of the rows of this kind, model, weights and palette already in ``path``."""
     if not path.exists():
         return set()
     out = set()
     for line in path.read_text().splitlines():
         r = json.loads(line)
-        if r["kind"] == kind and r.get("model", "sd15") == model:  # rows from before --model are the UNet's
+        if same_run(r, kind, model, weights, palette):
             out.add((key_of(r["setting"]), r["scene"], r["target"]))
     return out
 
 
-def summarise(path: Path, kind: str, model: str) -> list[tuple[int, int, str]]:
+def summarise(path: Path, kind: str, model: str, weights: str | None = None,
+              palette: str = "rgb") -> list[tuple[int, int, str]]:
     hits, runs = defaultdict(int), defaultdict(int)
     for line in path.read_text().splitlines():
         r = json.loads(line)
-        if r["kind"] == kind and r.get("model", "sd15") == model:
+        if same_run(r, kind, model, weights, palette):
             k = key_of(r["setting"])
             runs[k] += 1
             hits[k] += bool(r["success"])
     return sorted(((hits[k], runs[k], k) for k in runs), reverse=True)
 
 
-def by_colour(path: Path, kind: str, model: str, setting: str) -> dict[str, tuple[int, int]]:
+def by_colour(path: Path, kind: str, model: str, setting: str, weights: str | None = None,
+              palette: str = "rgb") -> dict[str, tuple[int, int]]:
     """Successes of one setting (key_of()) by the edited object's colour ("target red") and by the other object's
     ("other green"): (successes, runs) each. Which objects an edit lands on, not only how often."""
     out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for line in path.read_text().splitlines():
         r = json.loads(line)
-        if r["kind"] != kind or r.get("model", "sd15") != model or key_of(r["setting"]) != setting:
+        if not same_run(r, kind, model, weights, palette) or key_of(r["setting"]) != setting:
             continue
         scene = toy_world.test_scene(r["scene"], SPLIT)
         for role, obj in (("target", scene.objects[r["target"]]), ("other", scene.objects[1 - r["target"]])):
@@ -170,7 +180,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     grid = settings(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    done = done_runs(args.out, args.kind, args.model)
+    run = {"weights": str(args.weights) if args.weights is not None else None, "palette": args.palette}
+    done = done_runs(args.out, args.kind, args.model, **run)
     hostenv.import_host()
     pack = toy_eval.Pack.load()
     model, clip, vae = toy_eval.load(args.model, args.weights)
@@ -188,15 +199,18 @@ def main(argv=None) -> int:
             fig = score(args.kind, setting, pack, model, clip, vae, scene, inversions[inv_key], before_img, target)
             with open(args.out, "a") as f:
                 f.write(json.dumps({"kind": args.kind, "model": args.model, "setting": setting, "scene": i,
-                                    "target": target, **fig}) + "\n")
+                                    "target": target, **{k: v for k, v in run.items() if v not in (None, "rgb")},
+                                    **fig}) + "\n")
         print(f"scene {i} done ({len(todo)} runs)", flush=True)
     print(f"{args.kind}: successes over {args.scenes} validation scenes x 2 objects, best first")
-    ranked = summarise(args.out, args.kind, args.model)
+    ranked = summarise(args.out, args.kind, args.model, **run)
     for hits, runs, k in ranked:
         print(f"  {hits:3d} of {runs}  {k}")
-    if ranked:
-        split = by_colour(args.out, args.kind, args.model, ranked[0][2])
-        print("the best setting, by colour: " + ", ".join(f"{k} {h} of {n}" for k, (h, n) in split.items()))
+    for hits, _runs, k in ranked:  # every setting tied for the best
+        if hits < ranked[0][0]:
+            break
+        split = by_colour(args.out, args.kind, args.model, k, **run)
+        print(f"best, by colour, {k}: " + ", ".join(f"{c} {h} of {n}" for c, (h, n) in split.items()))
     return 0
 
 

@@ -60,6 +60,9 @@ def common_args(p: argparse.ArgumentParser, stages: list[str], work: str, out: P
                         "the attention of the shape word of '<a colour no object has> <shape>' on the object of "
                         "that shape")
     p.add_argument("--phrase-batch", type=int, default=4, help="samples of each batch the phrase loss runs on")
+    p.add_argument("--phrase-words", default="shape", choices=("shape", "both"),
+                   help="which words of the phrase the phrase loss teaches: the shape word (phrase_rows says why) or "
+                        "both (as first tried)")
     p.add_argument("--init-from", type=Path, default=None,
                    help="start the denoiser and text encoder from these toy weights of the trainer's kind (a "
                         "fine-tune); the encode stage then keeps their VAE's scale as it is, since the weights were "
@@ -395,7 +398,14 @@ def recolour_phrase(rng, objects):
     return f"a {words}", i, [2, 3]
 
 
-def phrase_rows(rng, objects, n: int):
+def check_fine_tune(args) -> None:
+    """--init-from fine-tunes a model on its own latents: its VAE must come with it (--vae-from the same file)."""
+    if getattr(args, "init_from", None) is not None and args.vae_from is None:
+        raise SystemExit(f"--init-from {args.init_from} needs --vae-from {args.init_from}: the fine-tune keeps the "
+                         "VAE's scale, so it must be the VAE the model was trained with")
+
+
+def phrase_rows(rng, objects, n: int, words: str = "shape"):
     """For the phrase loss (``--phrase-loss``): the first ``n`` samples of a batch (their scenes' ``objects``) that
     have a recolouring phrase (recolour_phrase()): (sample rows, phrases, [[(object, [the shape word's position])]]).
     Only the shape word is taught to look at its object: a shape word names the object of that shape whatever the
@@ -409,7 +419,7 @@ def phrase_rows(rng, objects, n: int):
         if picked is not None:
             rows.append(b)
             texts.append(picked[0])
-            named.append([(picked[1], picked[2][1:])])
+            named.append([(picked[1], picked[2][1:] if words == "shape" else picked[2])])
         if len(rows) == n:
             break
     return rows, texts, named
@@ -592,7 +602,8 @@ def train_unet(args, work: Path) -> None:
             if args.attn_loss > 0:
                 total = total + args.attn_loss * attn
         if args.phrase_loss > 0:  # train_toy_flow.phrase_loss's, on the UNet's 1/4-resolution cross-attention
-            rows, texts, named = phrase_rows(rng, [data["objects"][i] for i in idx], args.phrase_batch)
+            rows, texts, named = phrase_rows(rng, [data["objects"][i] for i in idx], args.phrase_batch,
+                                             args.phrase_words)
             if rows:
                 sel = torch.tensor(rows, device=xt.device)
                 dm(xt[sel], timesteps=t[sel].float(), context=text_forward(te, token_lists(clip, texts)))
@@ -756,6 +767,7 @@ def export(args, work: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    check_fine_tune(args)
     toy_world.use_palette(args.palette)
     if args.threads:
         torch.set_num_threads(args.threads)

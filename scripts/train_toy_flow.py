@@ -187,7 +187,7 @@ def train_dit(args, work: Path) -> None:
                 total = total + args.attn_loss * attn
         if args.phrase_loss > 0:
             phrase = phrase_loss(dm, te, clip, ms, rng, xt, sigma, cover, [data["objects"][i] for i in idx], tap,
-                                 args.phrase_batch)
+                                 args.phrase_batch, args.phrase_words)
             total = total + args.phrase_loss * phrase
         opt.zero_grad(set_to_none=True)
         total.backward()
@@ -212,14 +212,14 @@ def train_dit(args, work: Path) -> None:
     bar.close()
 
 
-def phrase_loss(dm, te, clip, ms, rng, xt, sigma, cover, objects, tap, n: int) -> torch.Tensor:
+def phrase_loss(dm, te, clip, ms, rng, xt, sigma, cover, objects, tap, n: int, words: str = "shape") -> torch.Tensor:
     """The auxiliary loss on recolouring phrases (``--phrase-loss``): for the first ``n`` samples of the batch that
     have an object of its own shape, the phrase of train_toy.recolour_phrase() as the prompt, on the same noisy
     latents; its shape word's joint attention (blocks averaged) should fall on that object: train_toy.attention_loss
     (train_toy.phrase_rows says why the shape word only). No denoising loss
     on this pass: the world has no image of what such a phrase asks for, so only where its words look is taught,
     as the attention loss teaches it for the caption's words; what the phrase draws is left to the model."""
-    rows, texts, named = train_toy.phrase_rows(rng, objects, n)
+    rows, texts, named = train_toy.phrase_rows(rng, objects, n, words)
     if not rows:
         return xt.sum() * 0.0
     sel = torch.tensor(rows, device=xt.device)
@@ -328,6 +328,7 @@ def export(args, work: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    train_toy.check_fine_tune(args)
     toy_world.use_palette(args.palette)
     if args.threads:
         torch.set_num_threads(args.threads)

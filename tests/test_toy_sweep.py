@@ -29,23 +29,34 @@ def test_a_removal_row_does_not_count_as_the_same_alteration_done(tmp_path):
 
 
 def test_by_colour_counts_each_run_as_target_and_as_other(tmp_path):
+    # validation scenes 0-2: "a blue circle and a green square", "a red square and a green circle",
+    # "a green circle and a red square"
+    assert [toy_world.test_scene(i, "val").caption for i in range(3)] == [
+        "a blue circle and a green square", "a red square and a green circle", "a green circle and a red square"]
     out = tmp_path / "sweep.jsonl"
     rows = [{"kind": "alteration", "model": "sd3", "setting": SETTING, "scene": i, "target": t, "success": (i + t) % 2 == 0}
-            for i in range(3) for t in (0, 1)]
+            for i in range(3) for t in (0, 1)]  # lands: blue circle, green circle (scene 1), green circle (scene 2)
     rows.append({"kind": "alteration", "model": "sd3", "setting": {**SETTING, "scale": 10.0}, "scene": 0, "target": 0,
                  "success": True})  # another setting: not counted
+    rows.append({"kind": "alteration", "model": "sd3", "setting": SETTING, "scene": 0, "target": 1, "success": True,
+                 "weights": "out/x.safetensors"})  # other weights: not counted
     write(out, rows)
     split = toy_sweep.by_colour(out, "alteration", "sd3", toy_sweep.key_of(SETTING))
-    want: dict[str, list[int]] = {}
-    for r in rows[:-1]:
-        scene = toy_world.test_scene(r["scene"], "val")
-        for role, obj in (("target", scene.objects[r["target"]]), ("other", scene.objects[1 - r["target"]])):
-            want.setdefault(f"{role} {obj.colour}", [0, 0])
-            want[f"{role} {obj.colour}"][0] += r["success"]
-            want[f"{role} {obj.colour}"][1] += 1
-    assert split == {k: tuple(v) for k, v in want.items()}
-    assert sum(n for k, (_, n) in split.items() if k.startswith("target")) == 6
-    assert sum(h for k, (h, _) in split.items() if k.startswith("other")) == 3
+    assert split == {"target blue": (1, 1), "target green": (2, 3), "target red": (0, 2),
+                     "other blue": (0, 1), "other green": (1, 3), "other red": (2, 2)}
+    other = toy_sweep.by_colour(out, "alteration", "sd3", toy_sweep.key_of(SETTING), weights="out/x.safetensors")
+    assert other == {"target green": (1, 1), "other blue": (1, 1)}
+
+
+def test_rows_of_other_weights_or_palettes_are_other_runs(tmp_path):
+    out = tmp_path / "sweep.jsonl"
+    base = {"kind": "removal", "model": "sd3", "setting": SETTING, "scene": 0, "target": 0, "success": True}
+    write(out, [base, {**base, "target": 1, "weights": "w.safetensors"}, {**base, "scene": 1, "palette": "equal"}])
+    key = toy_sweep.key_of(SETTING)
+    assert toy_sweep.done_runs(out, "removal", "sd3") == {(key, 0, 0)}
+    assert toy_sweep.done_runs(out, "removal", "sd3", weights="w.safetensors") == {(key, 0, 1)}
+    assert toy_sweep.done_runs(out, "removal", "sd3", palette="equal") == {(key, 1, 0)}
+    assert toy_sweep.summarise(out, "removal", "sd3") == [(1, 1, key)]
 
 
 def test_a_palette_draws_the_same_scenes_in_other_colours():

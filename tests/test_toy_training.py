@@ -127,3 +127,14 @@ def test_phrase_rows_take_the_first_samples_that_have_a_phrase():
     (obj, positions), = named[1]
     assert obj == 0 and len(positions) == 1 and texts[1].split()[positions[0] - 1] == "square"  # the shape word only
     assert train_toy.phrase_rows(np.random.default_rng(1), [same], 4) == ([], [], [])
+    _, _, both = train_toy.phrase_rows(np.random.default_rng(1), objects, 2, words="both")
+    assert [len(p) for (_, p), in both] == [2, 2]  # --phrase-words both: the colour word too
+
+
+def test_a_fine_tune_needs_its_own_vae():
+    args = types.SimpleNamespace(init_from=Path("assets/toy/toy_sd3.safetensors"), vae_from=None)
+    with pytest.raises(SystemExit, match="needs --vae-from"):
+        train_toy.check_fine_tune(args)
+    args.vae_from = args.init_from
+    train_toy.check_fine_tune(args)
+    train_toy.check_fine_tune(types.SimpleNamespace(init_from=None, vae_from=None))

@@ -96,7 +96,7 @@ def counts(figures):
         hits = [f["success"][kind] for f in figures if kind in f["success"]]
         if hits:  # (no prompt edit on a flow model)
             print(f"\n[semantic] per-scene success, {kind}: {sum(hits)} of {len(hits)} scenes")
-            by = {}  # by the edited object's colour: the toy models recolour green objects only (assets/toy/README.md)
+            by = {}  # by the edited object's colour: which objects an edit lands on (assets/toy/README.md)
             for f in figures:
                 if kind in f["success"]:
                     colour = f["target"].split()[0]
