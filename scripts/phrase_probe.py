@@ -60,8 +60,7 @@ def measure(model, clip, vae, scenes: int, sigma_index: int, blocks: list[int], 
             for kind, text in (("own", obj.words), ("phrase", f"{absent} {obj.shape}")):
                 ctx, pooled = train_toy_flow.text_forward(te, train_toy.token_lists(clip, [text]))
                 tap = train_toy_flow.JointTap(ctx.shape[1], CELLS * CELLS)
-                with torch.no_grad():
-                    train_toy_flow.forward(dm, xt, sigma, ms, ctx, pooled, tap)
+                train_toy_flow.forward(dm, xt, sigma, ms, ctx, pooled, tap)
                 amap = torch.stack([tap.maps[b][0] for b in blocks]).mean(0)[:, cols].sum(-1)
                 fig = train_toy.map_figures(amap, region, inside, other_cov)
                 out[(kind, f"target {obj.colour}")].append(fig)
