@@ -63,6 +63,10 @@ def common_args(p: argparse.ArgumentParser, stages: list[str], work: str, out: P
     p.add_argument("--phrase-words", default="shape", choices=("shape", "both"),
                    help="which words of the phrase the phrase loss teaches: the shape word (phrase_rows says why) or "
                         "both (as first tried)")
+    p.add_argument("--shape-only", type=float, default=0.0,
+                   help="probability that a caption names an object whose shape is its own in the scene by the shape "
+                        "alone ('a square'), so that the shape word learns the shape whatever colour comes before it "
+                        "(0: the committed recipe)")
     p.add_argument("--init-from", type=Path, default=None,
                    help="start the denoiser and text encoder from these toy weights of the trainer's kind (a "
                         "fine-tune); the encode stage then keeps their VAE's scale as it is, since the weights were "
@@ -363,22 +367,38 @@ def text_forward(te, tokens: list[list[int]]) -> torch.Tensor:
     return tm.final_layer_norm(x)
 
 
-def caption_with_positions(rng, objects):
+def caption_with_positions(rng, objects, shape_only: float = 0.0, rng_words=None):
     """A training caption for a scene given its objects [(colour, shape), ...]: 10 % empty (for classifier-free
     guidance), 20 % one object's words as a user types a concept ("red circle" or "a red circle"), else the
     full caption in a random order. Returns (caption, [(object index, [token positions of its colour and
-    shape words])]); every toy word is one CLIP token, position 0 is the start token."""
+    shape words])]); every toy word is one CLIP token, position 0 is the start token.
+
+    ``shape_only`` (``--shape-only``): each mention of an object whose shape no other object of the scene has is
+    named by its shape alone ("a square") with this probability, drawn from ``rng_words`` (its own stream, so the
+    rest of the batch is drawn as without it); its position list is then the shape word's alone."""
     u = rng.random()
     if u < 0.10:
         return "", []
-    words = [f"{c} {s}" for c, s in objects]
+    shapes = [s for _, s in objects]
+
+    def mention(i):  # the words naming object i
+        if shape_only > 0 and shapes.count(shapes[i]) == 1 and rng_words.random() < shape_only:
+            return [objects[i][1]]
+        return [objects[i][0], objects[i][1]]
+
     if u < 0.30:
-        i = int(rng.integers(len(words)))
-        if rng.random() < 0.5:
-            return words[i], [(i, [1, 2])]
-        return f"a {words[i]}", [(i, [2, 3])]
-    order = rng.permutation(len(words))
-    return " and ".join(f"a {words[i]}" for i in order), [(int(i), [2 + 4 * k, 3 + 4 * k]) for k, i in enumerate(order)]
+        i = int(rng.integers(len(objects)))
+        lead = [] if rng.random() < 0.5 else ["a"]
+        words = mention(i)
+        return " ".join(lead + words), [(i, list(range(1 + len(lead), 1 + len(lead) + len(words))))]
+    order = rng.permutation(len(objects))
+    tokens, named = [], []
+    for k, i in enumerate(order):
+        tokens += (["and"] if k else []) + ["a"]
+        words = mention(int(i))
+        named.append((int(i), list(range(1 + len(tokens), 1 + len(tokens) + len(words)))))
+        tokens += words
+    return " ".join(tokens), named
 
 
 def recolour_phrase(rng, objects):
@@ -575,7 +595,8 @@ def train_unet(args, work: Path) -> None:
             x0 = x0.to(args.device)
         else:
             x0 = augment(latents[idx], rng).to(args.device)
-        pairs = [caption_with_positions(rng, data["objects"][i]) for i in idx]
+        words_rng = np.random.default_rng([args.seed, 5, step])  # --shape-only's own stream
+        pairs = [caption_with_positions(rng, data["objects"][i], args.shape_only, words_rng) for i in idx]
         captions = [c for c, _ in pairs]
         t = sample_timesteps(rng, args.batch, high=args.min_snr > 0 or args.x0_weight > 0).to(args.device)
         noise = seeded_noise(x0, args.seed * 1000003 + step)

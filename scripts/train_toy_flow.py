@@ -167,7 +167,8 @@ def train_dit(args, work: Path) -> None:
         else:
             x0 = train_toy.augment(latents[idx], rng)
         x0 = x0.to(args.device)
-        pairs = [train_toy.caption_with_positions(rng, data["objects"][i]) for i in idx]
+        words_rng = np.random.default_rng([args.seed, 5, step])  # --shape-only's own stream
+        pairs = [train_toy.caption_with_positions(rng, data["objects"][i], args.shape_only, words_rng) for i in idx]
         sigma = sigmas[torch.from_numpy(rng.integers(0, len(sigmas), size=args.batch))].to(args.device)
         noise = train_toy.seeded_noise(x0, args.seed * 1000003 + step)
         s = sigma.view(-1, 1, 1, 1)

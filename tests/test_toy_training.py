@@ -138,3 +138,46 @@ def test_a_fine_tune_needs_its_own_vae():
     args.vae_from = args.init_from
     train_toy.check_fine_tune(args)
     train_toy.check_fine_tune(types.SimpleNamespace(init_from=None, vae_from=None))
+
+
+def caption_as_first_written(rng, objects):
+    """caption_with_positions before --shape-only: the committed recipe's captions and positions."""
+    u = rng.random()
+    if u < 0.10:
+        return "", []
+    words = [f"{c} {s}" for c, s in objects]
+    if u < 0.30:
+        i = int(rng.integers(len(words)))
+        if rng.random() < 0.5:
+            return words[i], [(i, [1, 2])]
+        return f"a {words[i]}", [(i, [2, 3])]
+    order = rng.permutation(len(words))
+    return " and ".join(f"a {words[i]}" for i in order), [(int(i), [2 + 4 * k, 3 + 4 * k]) for k, i in enumerate(order)]
+
+
+def test_captions_without_shape_only_are_the_committed_recipe():
+    scenes = [[("red", "circle"), ("blue", "square")], [("green", "square")],
+              [("red", "circle"), ("blue", "circle"), ("green", "triangle")]]
+    a, b, words = np.random.default_rng(3), np.random.default_rng(3), np.random.default_rng(4)
+    for k in range(300):
+        objects = scenes[k % 3]
+        assert train_toy.caption_with_positions(a, objects, 0.0, words) == caption_as_first_written(b, objects)
+
+
+def test_shape_only_names_an_object_of_its_own_shape_by_the_shape_word():
+    objects = [("red", "circle"), ("blue", "circle"), ("green", "square")]  # only the square has its own shape
+    rng, words = np.random.default_rng(0), np.random.default_rng(1)
+    alone = 0
+    for _ in range(400):
+        caption, named = train_toy.caption_with_positions(rng, objects, 0.5, words)
+        tokens = [""] + caption.split()  # position 0 is the start token
+        for i, positions in named:
+            said = [tokens[p] for p in positions]
+            assert said[-1] == objects[i][1]  # the shape word comes last, at its own position
+            if len(said) == 1:
+                alone += 1
+                assert objects[i][1] == "square" and tokens[positions[0] - 1] in ("a", "")
+            else:
+                assert said == list(objects[i])
+        assert caption.count("circle") == sum(1 for i, _ in named if objects[i][1] == "circle")
+    assert 60 < alone < 200  # about half of the square's mentions (it is named in ~77 % of captions)
