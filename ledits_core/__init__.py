@@ -7,7 +7,14 @@ in the k-diffusion convention x = x0 + sigma * eps ("ve") or the flow-matching o
 
 from . import p2p
 from .attention import AttentionAccumulator
-from .guidance import ConceptSpec, EditGuidance, StepMasks, concept_guidance, source_guidance
+from .guidance import (
+    ConceptSpec,
+    EditGuidance,
+    StepMasks,
+    concept_guidance,
+    keep_photo_outside,
+    source_guidance,
+)
 from .inversion import InversionRecord, invert, sample, step_noises
 from .masks import (
     MASK_MODES,
@@ -34,7 +41,8 @@ from .steppers import (
 )
 
 __all__ = [
-    "AttentionAccumulator", "ConceptSpec", "EditGuidance", "StepMasks", "concept_guidance", "source_guidance",
+    "AttentionAccumulator", "ConceptSpec", "EditGuidance", "StepMasks", "concept_guidance", "keep_photo_outside",
+    "source_guidance",
     "InversionRecord", "invert", "sample", "step_noises", "MASK_MODES", "attention_mask", "combine_masks",
     "gaussian_kernel", "gaussian_smooth", "noise_mask", "quantile_mask", "karras_sigmas", "kept_sigmas",
     "total_schedule_steps", "STEPPERS", "StepHistory", "apply_noise", "ddpm_step", "dpmpp_2m_sde_step",

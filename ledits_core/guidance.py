@@ -70,6 +70,12 @@ class EditGuidance:
         self.mask_mode = mask_mode
         self.record_masks = record_masks
         self.masks: dict[int, dict[int, StepMasks]] = {}
+        self.acted: torch.Tensor | None = None  # (B or 1, 1, H, W) bool: where any concept has acted so far
+
+    def reset(self) -> None:
+        """Forget the masks and the region acted on of a previous run."""
+        self.masks = {}
+        self.acted = None
 
     def active(self, step: int) -> list[int]:
         """Indices of the concepts that act at this step."""
@@ -100,10 +106,28 @@ class EditGuidance:
             if masks.final is not None:
                 psi = psi * masks.final.to(psi.device, psi.dtype)
             guided = guided + psi
+            self._add_acted(psi.shape, masks.final, spec.user_mask)
             if self.record_masks:
                 self.masks.setdefault(step, {})[i] = StepMasks(*(_to_bool_cpu(m) for m in
                                                                  (masks.attention, masks.noise, masks.final)))
         return guided
+
+
+    def _add_acted(self, shape, final: torch.Tensor | None, user_mask: torch.Tensor | None) -> None:
+        """Grow the region acted on by one concept's step: its final mask (everywhere without one) where its user
+        mask is above zero."""
+        region = torch.ones((1, 1, *shape[-2:]), dtype=torch.bool) if final is None else (final > 0.5).cpu()
+        if user_mask is not None:
+            region = region & (user_mask > 0).cpu()
+        self.acted = region if self.acted is None else self.acted | region
+
+
+def keep_photo_outside(x: torch.Tensor, photo_state: torch.Tensor, region: torch.Tensor | None) -> torch.Tensor:
+    """x inside ``region`` (B or 1, 1, H, W) bool, the photo's own state of this step (the inversion's) outside it;
+    region None (nothing has acted yet): the photo's state everywhere. Bitwise: no arithmetic on either."""
+    if region is None:
+        return photo_state.to(x.device, x.dtype).expand_as(x).clone()
+    return torch.where(region.to(x.device), x, photo_state.to(x.device, x.dtype))
 
 
 def _to_bool_cpu(mask: torch.Tensor | None) -> torch.Tensor | None:

@@ -49,10 +49,15 @@ class LeditsGuider(comfy.samplers.CFGGuider):
     with a prompt edit [uncond, active concepts, target, source at the inversion's state]."""
 
     def setup(self, inversion: LeditsInversion, concepts: list[LeditsConcept], mask_mode: str = "intersect",
-              capture: AttentionCapture | None = None, prompt: PromptControl | None = None):
-        """Set the conds (uncond, source, one per concept, target) and the guidance; concepts may be empty."""
+              capture: AttentionCapture | None = None, prompt: PromptControl | None = None,
+              photo_path: core.p2p.SourceTrajectory | None = None):
+        """Set the conds (uncond, source, one per concept, target) and the guidance; concepts may be empty.
+
+        photo_path: the photo's own states (the inversion's), to keep the photo outside where the edits acted
+        (keep_photo_outside_masks); None: the edit acts as LEDITS++ does."""
         self.inversion = inversion
         self.prompt = prompt
+        self.photo_path = photo_path
         self.blend_index = len(concepts)
         self.source_scale = inversion.source_scale if inversion.source is not None else 0.0
         shape, kind = inversion.latent_shape, inversion.kind
@@ -74,7 +79,7 @@ class LeditsGuider(comfy.samplers.CFGGuider):
         # Gradient-free, whatever the caller's grad mode: the server samples under inference_mode, but a script or
         # another pack calling our nodes in-process would otherwise keep every step's autograd graph alive in the
         # inversion record and the masks (0.3.64 leaves a model's parameters requiring grad).
-        self.guidance.masks = {}
+        self.guidance.reset()
         if self.prompt is not None:
             self.prompt.reset()
         return super().sample(*args, **kwargs)
@@ -131,6 +136,28 @@ class LeditsGuider(comfy.samplers.CFGGuider):
         if self.step_listener is not None:
             self.step_listener(step, self.inversion.steps, self.guidance.masks.get(step, {}), guided)
         return self._post_cfg(conds, guided, base, uncond, x, timestep, model_options)
+
+    def kept_region(self) -> torch.Tensor | None:
+        """With keep_photo_outside_masks: where the edit may differ from the photo, (B or 1, 1, H, W) bool: where a
+        concept has acted so far, and the prompt edit's local-blend mask (a prompt edit without local blend acts
+        everywhere); None without the option."""
+        if self.photo_path is None:
+            return None
+        region = self.guidance.acted
+        if self.prompt is not None:
+            prompt = (self.prompt.mask > 0.5).cpu() if self.prompt.blend is not None and self.prompt.mask is not None \
+                else torch.ones((1, 1, *self.inversion.latent_shape[-2:]), dtype=torch.bool)
+            region = prompt if region is None else region | prompt
+        return region
+
+    def post_step(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """After step i: the prompt edit's local blend, then (keep_photo_outside_masks) the photo's own state
+        x_(i+1) outside where the edits acted."""
+        if self.prompt is not None and self.prompt.blend is not None:
+            x = self.prompt.post_step(i, x)
+        if self.photo_path is not None:
+            x = core.keep_photo_outside(x, self.photo_path.state(i + 1), self.kept_region())
+        return x
 
     def _blend_mask(self, step: int, latent_hw) -> None:
         """Close the prompt edit's step; record its local-blend mask beside the concepts' masks."""
@@ -202,9 +229,10 @@ def edit_sampler(inversion: LeditsInversion, post_step=None):
 
 
 def edit_guider(model, inversion: LeditsInversion, concepts: list[LeditsConcept], mask_mode: str,
-                prompt_edit: LeditsPromptEdit | None = None) -> LeditsGuider:
+                prompt_edit: LeditsPromptEdit | None = None, keep_photo: bool = False) -> LeditsGuider:
     """A guider on a clone of model, with attention capture on the 1/4-resolution blocks when M1 is used,
-    and the prompt edit's attention control when there is one (check_prompt_edit first)."""
+    and the prompt edit's attention control when there is one (check_prompt_edit first); keep_photo: the photo's
+    own state outside where the edits acted, after every step (check_keep_photo first)."""
     capture = None
     if concepts and mask_mode in ("intersect", "attention") and inversion.kind.family in FLOW_FAMILIES:
         capture = JointAttentionCapture({i: list(c.token_positions) for i, c in enumerate(concepts)},
@@ -219,15 +247,34 @@ def edit_guider(model, inversion: LeditsInversion, concepts: list[LeditsConcept]
         model = patched_clone(model, capture, blocks)
     else:
         model = model.clone()
-    control = None
-    if prompt_edit is not None:
+    control = photo_path = None
+    if prompt_edit is not None or keep_photo:
         x0 = model.get_model_object("latent_format").process_in(inversion.photo.float())
+    if prompt_edit is not None:
         control = PromptControl(prompt_edit, inversion, x0)
         control.install(model, transformer_blocks(model))
-    return LeditsGuider(model).setup(inversion, concepts, mask_mode, capture, control)
+    if keep_photo:
+        photo_path = control.trajectory if control is not None else core.p2p.SourceTrajectory(
+            inversion.record.states, x0.cpu())
+    return LeditsGuider(model).setup(inversion, concepts, mask_mode, capture, control, photo_path)
+
+
+def check_keep_photo(inversion: LeditsInversion, concepts, mask_mode: str, prompt_edit) -> None:
+    """Raise before any work if keep_photo_outside_masks cannot act; warn where it keeps nothing."""
+    if inversion.photo is None or inversion.record.states is None:
+        raise ValueError("keep_photo_outside_masks needs the photo's own path, which this inversion did not record "
+                         "(it was made by an older version of the pack): re-run LEDITS Inversion")
+    if mask_mode == "none" and any(c.mask is None for c in concepts or ()):
+        log.warning("[LEDITS++] keep_photo_outside_masks: with mask_mode none, a concept without its own mask acts "
+                    "everywhere, so nothing of the photo is kept; use intersect, or give the concept a mask")
+    if prompt_edit is not None and not prompt_edit.blend_words:
+        log.warning("[LEDITS++] keep_photo_outside_masks: the prompt edit has no local blend, so it acts everywhere "
+                    "and nothing of the photo is kept; give it blend_words to keep the photo outside them")
 
 
 def blend_step(guider: LeditsGuider):
-    """The post-step function of a guider's prompt edit (local blend), or None."""
+    """The guider's post-step function (a prompt edit's local blend, keep_photo_outside_masks), or None."""
     prompt = getattr(guider, "prompt", None)
-    return prompt.post_step if prompt is not None and prompt.blend is not None else None
+    if getattr(guider, "photo_path", None) is not None or (prompt is not None and prompt.blend is not None):
+        return guider.post_step
+    return None

@@ -9,7 +9,7 @@ from comfy_api.latest import io
 from comfy_execution.utils import get_executing_context
 
 from ..ledits_core import MASK_MODES
-from .guider import blend_step, edit_guider, edit_sampler
+from .guider import blend_step, check_keep_photo, edit_guider, edit_sampler
 from .host_model import model_kind
 from .live_preview import make_step_listener
 from .objects import LeditsInversion, LeditsMasks
@@ -30,20 +30,30 @@ def check_compatible(model, inversion: LeditsInversion) -> None:
                          f"{kind.describe()}: connect the same checkpoint, or re-run LEDITS Inversion with this one")
 
 
-def check_edit(model, inversion: LeditsInversion, mask_mode: str, prompt_edit=None) -> None:
+KEEP_PHOTO_TOOLTIP = ("Off (LEDITS++ as published): an edit may change the whole image a little. On: wherever no "
+                      "edit's mask has acted (in any step so far; a prompt edit's local blend counts as its mask), the "
+                      "photo's own latent, exactly, after every step. Keeps the rest of the photo untouched.")
+
+
+def check_edit(model, inversion: LeditsInversion, mask_mode: str, prompt_edit=None, concepts=None,
+               keep_photo: bool = False) -> None:
     """Every check the Sampler and the Guider make before any work."""
     check_compatible(model, inversion)
     if mask_mode not in MASK_MODES:
         raise ValueError(f"unknown mask mode {mask_mode!r}; choose one of {', '.join(MASK_MODES)}")
     if prompt_edit is not None:
         check_prompt_edit(inversion, prompt_edit)
+    if keep_photo:
+        check_keep_photo(inversion, concepts, mask_mode, prompt_edit)
 
 
-def run_edit(model, inversion: LeditsInversion, concepts, mask_mode: str = "intersect", prompt_edit=None):
-    """Edit: replay the inversion with LEDITS++ guidance (and a prompt edit). Returns (raw latent, LeditsMasks)."""
-    check_edit(model, inversion, mask_mode, prompt_edit)
+def run_edit(model, inversion: LeditsInversion, concepts, mask_mode: str = "intersect", prompt_edit=None,
+             keep_photo: bool = False):
+    """Edit: replay the inversion with LEDITS++ guidance (and a prompt edit). Returns (raw latent, LeditsMasks).
+    keep_photo: keep_photo_outside_masks (LeditsGuider.post_step)."""
+    check_edit(model, inversion, mask_mode, prompt_edit, concepts, keep_photo)
     concepts = list(concepts or ())
-    guider = edit_guider(model, inversion, concepts, mask_mode, prompt_edit)
+    guider = edit_guider(model, inversion, concepts, mask_mode, prompt_edit, keep_photo)
     labels = [c.label for c in concepts] + ([prompt_edit.blend_label] if guider.prompt and guider.prompt.blend else [])
     context = get_executing_context()
     guider.step_listener = make_step_listener(concepts, model, context.node_id if context else None,
@@ -54,9 +64,13 @@ def run_edit(model, inversion: LeditsInversion, concepts, mask_mode: str = "inte
                         callback=latent_preview.prepare_callback(model, inversion.steps),
                         disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=inversion.record.settings.get("seed"))
     out = out.cpu()
-    if guider.prompt is not None and guider.prompt.mask is not None:
-        # local blend: outside the mask, the photo itself (bitwise, not through the latent format's scaling)
-        out = torch.where(guider.prompt.mask.cpu() > 0.5, out, inversion.photo.to(out.dtype))
+    # local blend, keep_photo_outside_masks: outside, the photo itself (bitwise, not through the latent format's
+    # scaling)
+    region = guider.kept_region()
+    if region is None and guider.prompt is not None and guider.prompt.mask is not None:
+        region = guider.prompt.mask.cpu() > 0.5
+    if region is not None:
+        out = torch.where(region, out, inversion.photo.to(out.dtype))
     masks = LeditsMasks(labels, inversion.steps, tuple(shape[-2:]), int(shape[0]), dict(guider.guidance.masks))
     return out, masks
 
@@ -72,6 +86,7 @@ def edit_inputs() -> list:
         LeditsPromptEditType.Input("prompt_edit", optional=True,
                                    tooltip="Optional: from LEDITS Prompt Edit (rewrite the photo's caption). Works "
                                            "alone or together with concepts."),
+        io.Boolean.Input("keep_photo_outside_masks", default=False, optional=True, tooltip=KEEP_PHOTO_TOOLTIP),
     ]
 
 
@@ -89,8 +104,9 @@ class LeditsSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, inversion, mask_mode, concepts=None, prompt_edit=None) -> io.NodeOutput:
-        samples, masks = run_edit(model, inversion, concepts, mask_mode, prompt_edit)
+    def execute(cls, model, inversion, mask_mode, concepts=None, prompt_edit=None,
+                keep_photo_outside_masks=False) -> io.NodeOutput:
+        samples, masks = run_edit(model, inversion, concepts, mask_mode, prompt_edit, keep_photo_outside_masks)
         return io.NodeOutput({"samples": samples}, masks)
 
 
@@ -119,8 +135,9 @@ class LeditsGuiderNode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, inversion, mask_mode, concepts=None, prompt_edit=None) -> io.NodeOutput:
-        check_edit(model, inversion, mask_mode, prompt_edit)
-        guider = edit_guider(model, inversion, list(concepts or ()), mask_mode, prompt_edit)
+    def execute(cls, model, inversion, mask_mode, concepts=None, prompt_edit=None,
+                keep_photo_outside_masks=False) -> io.NodeOutput:
+        check_edit(model, inversion, mask_mode, prompt_edit, concepts, keep_photo_outside_masks)
+        guider = edit_guider(model, inversion, list(concepts or ()), mask_mode, prompt_edit, keep_photo_outside_masks)
         return io.NodeOutput(guider, edit_sampler(inversion, blend_step(guider)), inversion.record.sigmas.float(),
                              LeditsDisabledNoise())

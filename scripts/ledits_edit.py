@@ -137,6 +137,8 @@ def build_prompt(args, image_name: str, size: tuple[int, int], edits: list[dict]
             previous = f"concept{k}_{i}"
             prompt[previous] = {"class_type": "LeditsConceptEdit", "inputs": inputs}
         sampler = {"model": ["ckpt", 0], "inversion": ["invert", 0], "mask_mode": args.mask_mode}
+        if getattr(args, "keep_photo", False):
+            sampler["keep_photo_outside_masks"] = True
         if previous:
             sampler["concepts"] = [previous, 0]
         sample, decode, preview = node_names(k)
@@ -185,6 +187,8 @@ def parse_args(argv=None):
     p.add_argument("--scheduler", default="karras")
     p.add_argument("--seed", type=int, default=None, help="inversion seed (default 0; toy demo 7)")
     p.add_argument("--mask-mode", default="intersect", choices=["intersect", "attention", "noise", "none"])
+    p.add_argument("--keep-photo", action="store_true",
+                   help="LEDITS Sampler's keep_photo_outside_masks: the photo itself wherever no edit's mask acted")
     p.add_argument("--each", action="store_true",
                    help="each --edit in its own LEDITS Sampler on the one inversion (default: all in one sampler; "
                         "the toy demo: each)")

@@ -170,13 +170,14 @@ def invert(pack: Pack, model, clip, latent, caption: str | None, settings: Setti
 
 
 def edit(pack: Pack, model, clip, inversion, text, reverse, mask_mode="intersect", *, scale: float, threshold: float,
-         mask=None):
-    """One concept edit through the pack's nodes; ``mask`` the concept's own (user) mask, (1, H, W), or None."""
+         mask=None, keep_photo: bool = False):
+    """One concept edit through the pack's nodes; ``mask`` the concept's own (user) mask, (1, H, W), or None;
+    ``keep_photo`` the sampler's keep_photo_outside_masks."""
     concept = pack.concept.make_concept(clip, text, scale=scale, threshold=threshold, reverse=reverse,
                                         warmup=0.0, cooldown=1.0, mask=mask)
     recorder = TokenRecorder(pack)
     with recorder.active():
-        out, masks = pack.sampler.run_edit(model, inversion, [concept], mask_mode)
+        out, masks = pack.sampler.run_edit(model, inversion, [concept], mask_mode, keep_photo=keep_photo)
     return out, masks, recorder
 
 

@@ -50,6 +50,9 @@ def parse_args(argv=None):
     p.add_argument("--object-mask", action="store_true",
                    help="concept edits: give the concept the edited object's region (dilated 4 px) as its mask, as a "
                         "user would from a mask node: how often the edit lands where the place is known")
+    p.add_argument("--keep-photo", action="store_true",
+                   help="concept edits: the sampler's keep_photo_outside_masks (the photo's own latent wherever the "
+                        "edit's masks have not acted)")
     p.add_argument("--mask-modes", default="intersect", help="concept edits: comma list of the sampler's mask modes")
     p.add_argument("--scenes", type=int, default=10, help="validation scenes 0..N-1, each object edited once")
     p.add_argument("--threads", type=int, default=0)
@@ -77,6 +80,8 @@ def settings(args) -> list[dict]:
         return [{"skip": k, "source": "caption", "scale": s, "cross_replace": c, "self_replace": r}
                 for k, s, c, r in itertools.product(args.skips, args.scales, args.cross, args.self_)]
     extra = {"object_mask": True} if args.object_mask else {}
+    if args.keep_photo:
+        extra["keep_photo"] = True
     modes = [m for m in args.mask_modes.split(",") if m]
     return [{"skip": k, "source": src, "scale": s, "threshold": t, **extra,
              **({"mask_mode": m} if m != "intersect" else {})}  # intersect: keys as before, so old sweeps resume
@@ -106,7 +111,7 @@ def score(kind: str, setting: dict, pack, model, clip, vae, scene, inv, before_i
         fig = {"covered": toy_eval.covered(img, target, new), "other_kept": toy_eval.kept(before_img, img, other)}
         return {**fig, "success": toy_eval.recoloured(**fig)}
     concept = {"scale": setting["scale"], "threshold": setting["threshold"],
-               "mask_mode": setting.get("mask_mode", "intersect")}
+               "mask_mode": setting.get("mask_mode", "intersect"), "keep_photo": bool(setting.get("keep_photo"))}
     if setting.get("object_mask"):
         concept["mask"] = torch.from_numpy(toy_world.dilate(target.mask, 4).astype("float32"))[None]
     if kind == "removal":

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,3 +150,19 @@ def test_saved_latents_are_the_hosts_raw_samples(host, comfy_job_server, tmp_pat
     # 7e-5 of the latent's largest value); a scale factor (0.18215) would be off by 80 % of it
     assert remote.shape == local.shape
     assert (remote - local).abs().max().item() <= 1e-4 * local.abs().max().item()
+
+
+def test_keep_photo_on_the_server_keeps_the_photos_latent_outside_the_masks(comfy_job_server):
+    """--keep-photo: LEDITS Sampler's keep_photo_outside_masks through the real server; much of the edited latent is
+    then the photo's (VAE Encode's) bitwise, where without it hardly any is."""
+    shares = {}
+    for keep in (False, True):
+        argv = ["--steps", "4", "--size", "64", "--seed", "11", "--out", "unused", "--edit", "-red circle:25:0.9"]
+        args, prompt, saved = job_prompt(argv + (["--keep-photo"] if keep else []))
+        assert prompt["sample"]["inputs"].get("keep_photo_outside_masks", False) is keep
+        results, _ = ledits_edit.run_job(comfy_client.ComfyClient(comfy_job_server.url), prompt, args.image, saved)
+        edited, photo = results["sample"][0]["samples"], results["encode"][0]["samples"]
+        shares[keep] = (edited == photo).float().mean().item()
+        assert not torch.equal(edited, photo)  # it edited
+    print(f"[keep photo] share of the latent that is the photo's, bitwise: {shares}")
+    assert shares[True] > 0.3 and shares[False] < 0.05
