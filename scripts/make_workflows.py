@@ -123,7 +123,7 @@ def edit_workflow(ckpt, concepts, seed=42, preview=True):
     sampler_inputs = [("model", (loader, 0)), ("inversion", (inversion, 0))]
     if previous:
         sampler_inputs.append(("concepts", (previous, 0)))
-    sampler = g.add("LeditsSampler", (1100, 40), ["intersect"], sampler_inputs, size=(300, 330))
+    sampler = g.add("LeditsSampler", (1100, 40), ["intersect", False], sampler_inputs, size=(300, 330))
     decoded = g.add("VAEDecode", (1100, 420), [], [("samples", (sampler, 0)), ("vae", (loader, 2))], size=(200, 50))
     g.add("SaveImage", (1460, 40), ["ledits_edit"], [("images", (decoded, 0))], size=(360, 380))
     if preview and previous:
@@ -145,7 +145,7 @@ def prompt_edit_workflow(ckpt, caption, target, blend_words, steps=50, seed=42):
                        ("source", (source, 0))], size=(320, 320))
     edit = g.add("LeditsPromptEdit", (740, 40), [caption, target, 7.5, 0.8, 0.4, "", blend_words, 0.3],
                  [("clip", (loader, 1))], size=(340, 460))
-    sampler = g.add("LeditsSampler", (1120, 40), ["intersect"], [("model", (loader, 0)), ("inversion", (inversion, 0)),
+    sampler = g.add("LeditsSampler", (1120, 40), ["intersect", False], [("model", (loader, 0)), ("inversion", (inversion, 0)),
                                                                 ("prompt_edit", (edit, 0))], size=(300, 330))
     decoded = g.add("VAEDecode", (1120, 420), [], [("samples", (sampler, 0)), ("vae", (loader, 2))], size=(200, 50))
     g.add("SaveImage", (1480, 40), ["ledits_edit"], [("images", (decoded, 0))], size=(360, 380))
@@ -188,7 +188,7 @@ def toy_workflow(caption, concepts, steps=20, seed=7):
         y = 40 + 420 * i
         concept = g.add("LeditsConceptEdit", (740, y), [text, scale, threshold, reverse, 0.0, 1.0],
                         [("clip", (loader, 1))], size=(320, 310))
-        sampler = g.add("LeditsSampler", (1100, y), ["intersect"], [("model", (loader, 0)),
+        sampler = g.add("LeditsSampler", (1100, y), ["intersect", False], [("model", (loader, 0)),
                                                                    ("inversion", (inversion, 0)),
                                                                    ("concepts", (concept, 0))], size=(300, 330))
         decoded = g.add("VAEDecode", (1100, y + 350), [], [("samples", (sampler, 0)), ("vae", (loader, 2))],
