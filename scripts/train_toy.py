@@ -73,6 +73,10 @@ def common_args(p: argparse.ArgumentParser, stages: list[str], work: str, out: P
                         "trained on it")
     p.add_argument("--palette", default="rgb", choices=sorted(toy_world.PALETTES),
                    help="the world's colours (toy_world.PALETTES; the committed models': rgb)")
+    p.add_argument("--colour-spread", type=float, default=0.0,
+                   help="vae stage: weight of a loss that puts the palette's colours at equal distances from each "
+                        "other in the latent (colour_spread(); 0: off, the committed recipe), so that no colour lies "
+                        "between the other two")
     p.add_argument("--budget-min", type=float, default=0,
                    help="fit the denoiser's steps to this many minutes of this process: the run measures its speed "
                         "over steps 50-150 and lowers the step count (and so the learning-rate schedule) to what fits "
@@ -193,6 +197,29 @@ def vae_posterior(ae, x):
     return mean, logvar.clamp(-30.0, 20.0)
 
 
+SPREAD_PATCH = 32  # px: the flat patches colour_spread() encodes (an 8 x 8 latent, its centre 4 x 4 measured)
+
+
+def flat_colour_latents(ae, colours, size: int = SPREAD_PATCH) -> torch.Tensor:
+    """(colours, channels): the posterior mean of a flat ``size`` px patch of each RGB colour, averaged over the
+    centre half of its latent (away from the padding)."""
+    images = [np.full((size, size, 3), rgb, np.uint8) for rgb in colours]
+    mean, _ = vae_posterior(ae, to_tensor(images).to(next(ae.parameters()).device))
+    c = mean.shape[-1] // 4
+    return mean[:, :, c:-c, c:-c].mean((2, 3))
+
+
+def colour_spread(ae) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, distances): the palette's pairwise latent distances (flat_colour_latents(), the object colours only)
+    and how unequal they are: the mean squared deviation of each distance from their mean, relative to the mean
+    (0 when the three colours form an equilateral triangle; scale-free, so it does not push the latent's size,
+    which the KL term and the encode stage's fold set)."""
+    v = flat_colour_latents(ae, list(toy_world.COLOURS.values()))
+    i, j = torch.triu_indices(len(v), len(v), 1)
+    d = (v[i] - v[j]).pow(2).sum(-1).add(1e-8).sqrt()
+    return (d / d.mean() - 1.0).pow(2).mean(), d
+
+
 def train_vae(args, work: Path) -> None:
     path = work / "vae.pt"
     if args.vae_from is not None:
@@ -228,6 +255,10 @@ def train_vae(args, work: Path) -> None:
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3)).mean()
         l1, l2 = (rec - x).abs().mean(), (rec - x).pow(2).mean()
         loss = l1 + l2 + 1e-6 * kl
+        spread = getattr(args, "colour_spread", 0.0)
+        if spread > 0:
+            unequal, dists = colour_spread(ae)
+            loss = loss + spread * unequal
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -236,6 +267,8 @@ def train_vae(args, work: Path) -> None:
         elapsed = minutes + (time.time() - t0) / 60
         if step % 25 == 0 or step == args.vae_steps:
             log(work, {"stage": "vae", "step": step, "l1": l1.item(), "l2": l2.item(), "kl": kl.item(),
+                       **({"unequal": unequal.item(), "distances": [round(v, 3) for v in dists.tolist()]}
+                          if spread > 0 else {}),
                        "minutes": round(elapsed, 2)})
         if step % args.ckpt_every == 0 or step == args.vae_steps or stop_now(args, t0):
             save_ckpt(path, model=ae.state_dict(), opt=opt.state_dict(), step=step, minutes=elapsed)

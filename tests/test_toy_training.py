@@ -181,3 +181,42 @@ def test_shape_only_names_an_object_of_its_own_shape_by_the_shape_word():
                 assert said == list(objects[i])
         assert caption.count("circle") == sum(1 for i, _ in named if objects[i][1] == "circle")
     assert 60 < alone < 200  # about half of the square's mentions (it is named in ~77 % of captions)
+
+
+class LinearAutoencoder(torch.nn.Module):
+    """An encoder whose posterior mean is the pixel itself (RGB in [-1, 1]), logvar 0: latent distances are RGB
+    distances / 127.5."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = torch.nn.Identity()
+        self.quant_conv = torch.nn.Conv2d(3, 6, 1)
+        with torch.no_grad():
+            self.quant_conv.weight.zero_()
+            self.quant_conv.bias.zero_()
+            self.quant_conv.weight[:3, :, 0, 0] = torch.eye(3)
+
+
+def test_colour_spread_measures_how_unequal_the_palette_distances_are(monkeypatch):
+    import toy_world
+
+    ae = LinearAutoencoder()
+    monkeypatch.setattr(toy_world, "COLOURS", dict(toy_world.PALETTES["equal"]))  # 226 apart in RGB, each pair
+    loss, d = train_toy.colour_spread(ae)
+    assert torch.allclose(d, torch.full((3,), 226.27 / 127.5), atol=1e-3)
+    assert loss.item() < 1e-10
+    monkeypatch.setattr(toy_world, "COLOURS", dict(toy_world.PALETTES["rgb"]))
+    loss, d = train_toy.colour_spread(ae)
+    rgb = np.array(list(toy_world.PALETTES["rgb"].values()), float)
+    pairs = np.array([np.linalg.norm(rgb[i] - rgb[j]) for i, j in ((0, 1), (0, 2), (1, 2))]) / 127.5
+    assert np.allclose(d.detach().numpy(), pairs, atol=1e-4)
+    assert loss.item() == pytest.approx(((pairs / pairs.mean() - 1) ** 2).mean(), rel=1e-4)
+    # and it is a loss the VAE can follow: a few steps on the encoder's map alone make the distances more equal
+    opt = torch.optim.SGD(ae.parameters(), lr=0.5)
+    first = loss.item()
+    for _ in range(20):
+        loss, _ = train_toy.colour_spread(ae)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert train_toy.colour_spread(ae)[0].item() < first / 2
