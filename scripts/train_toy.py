@@ -142,6 +142,20 @@ def init_weights_(module: torch.nn.Module, seed: int) -> None:
                 raise RuntimeError(f"no init rule for {type(sub).__name__}.{name}")
 
 
+def trainable(*modules) -> list:
+    """Every parameter of ``modules``, switched to require gradients, as the optimiser's list. The host builds its
+    diffusion models frozen (ComfyUI 0.33's BaseModel calls ``requires_grad_(False)``; 0.3.64 did not), so a
+    trainer that switched on only the text encoder trained nothing else there, silently: the loss stayed where it
+    started. Refuses to go on if any parameter still does not."""
+    params = [p for m in modules for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    frozen = sum(not p.requires_grad for p in params)
+    if frozen:
+        raise RuntimeError(f"{frozen} of {len(params)} parameters cannot be trained (requires_grad stays off)")
+    return params
+
+
 def new_unet(seed):
     unet = toy_model.build_unet()
     if seed is not None:
@@ -591,9 +605,7 @@ def train_unet(args, work: Path) -> None:
     dm = unet.model.diffusion_model.to(args.device)
     te = clip.cond_stage_model.clip_l
     te.to(args.device)
-    for p in te.parameters():
-        p.requires_grad_(True)
-    params = list(dm.parameters()) + list(te.parameters())
+    params = trainable(dm, te)
     opt = torch.optim.Adam(params, lr=args.lr)
     step, minutes = 0, 0.0
     if path.exists():

@@ -126,9 +126,7 @@ def train_dit(args, work: Path) -> None:
         dm.load_state_dict(start.model.diffusion_model.state_dict())
         del start
     te = clip.cond_stage_model.clip_l.to(args.device)
-    for p in list(dm.parameters()) + list(te.parameters()):
-        p.requires_grad_(True)
-    params = list(dm.parameters()) + list(te.parameters())
+    params = train_toy.trainable(dm, te)
     opt = torch.optim.Adam(params, lr=args.lr)
     step, minutes = 0, 0.0
     if path.exists():
