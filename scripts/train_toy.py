@@ -211,7 +211,10 @@ def vae_posterior(ae, x):
     return mean, logvar.clamp(-30.0, 20.0)
 
 
-SPREAD_PATCH = 32  # px: the flat patches colour_spread() encodes (an 8 x 8 latent, its centre 4 x 4 measured)
+# px: the flat images colour_spread() encodes, the world's size (a 16 x 16 latent, its centre 8 x 8 measured), as
+# phrase_probe.palette_distances() measures them: the VAE's mid-block attention sees the whole image, so a smaller
+# patch has other latents (32 px patches made equal left the UNet VAE's 128 px colours at 1.77 / 2.20 / 1.31)
+SPREAD_PATCH = toy_world.SIZE
 
 
 def flat_colour_latents(ae, colours, size: int = SPREAD_PATCH) -> torch.Tensor:
