@@ -146,13 +146,10 @@ def trainable(*modules) -> list:
     """Every parameter of ``modules``, switched to require gradients, as the optimiser's list. The host builds its
     diffusion models frozen (ComfyUI 0.33's BaseModel calls ``requires_grad_(False)``; 0.3.64 did not), so a
     trainer that switched on only the text encoder trained nothing else there, silently: the loss stayed where it
-    started. Refuses to go on if any parameter still does not."""
+    started."""
     params = [p for m in modules for p in m.parameters()]
     for p in params:
         p.requires_grad_(True)
-    frozen = sum(not p.requires_grad for p in params)
-    if frozen:
-        raise RuntimeError(f"{frozen} of {len(params)} parameters cannot be trained (requires_grad stays off)")
     return params
 
 
