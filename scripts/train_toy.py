@@ -77,6 +77,11 @@ def common_args(p: argparse.ArgumentParser, stages: list[str], work: str, out: P
                    help="vae stage: weight of a loss that puts the palette's colours at equal distances from each "
                         "other in the latent (colour_spread(); 0: off, the committed recipe), so that no colour lies "
                         "between the other two")
+    p.add_argument("--edit-pairs", type=float, default=0.0,
+                   help="share of the training rows (of scenes with an object of its own shape) that learn an "
+                        "edit-shaped target: a scene noised, the phrase '<new colour> <shape>' as the prompt, and as the "
+                        "target the same scene with that object in the new colour (edit_variant(), pair_target()); "
+                        "0: the committed recipe")
     p.add_argument("--budget-min", type=float, default=0,
                    help="fit the denoiser's steps to this many minutes of this process: the run measures its speed "
                         "over steps 50-150 and lowers the step count (and so the learning-rate schedule) to what fits "
@@ -347,6 +352,7 @@ def encode(args, work: Path) -> None:
         latents.append(mean.cpu())
         scenes.extend(batch)
     latents = torch.cat(latents)
+    variants, latents_b = encode_variants(args, ae, len(scenes))
     # Fold a scale k into the VAE: z' = k z (quant_conv mean rows x k, logvar rows + 2 log k),
     # post_quant_conv weights / k. Then SD1.5's 0.18215 x z' has unit standard deviation.
     # With a latent format that shifts (SD3's process_in: (z' - shift) x scale), a per-channel offset c is
@@ -367,17 +373,147 @@ def encode(args, work: Path) -> None:
     b[zc:] += 2 * math.log(k)
     sd["post_quant_conv.weight"] = sd["post_quant_conv.weight"] / k
     latents = latents * k
+    latents_b = latents_b * k if latents_b is not None else None
     if shift and not keep:
         c = shift - latents.mean(dim=(0, 2, 3))
         b[:zc] += c
         sd["post_quant_conv.bias"] = sd["post_quant_conv.bias"] - sd["post_quant_conv.weight"][:, :, 0, 0] @ c
         latents = latents + c.view(1, -1, 1, 1)
+        latents_b = latents_b + c.view(1, -1, 1, 1) if latents_b is not None else None
     sd["quant_conv.weight"], sd["quant_conv.bias"] = w, b
     captions = [s.caption for s in scenes]
+    extra = {} if latents_b is None else {"variants": variants, "latents_b": latents_b.half()}
     save_ckpt(path, latents=latents.half(), scenes=list(range(args.scenes)), vae=sd, k=k,  # written whole, then
-              objects=[[(o.colour, o.shape) for o in s.objects] for s in scenes], captions=captions)  # renamed
+              objects=[[(o.colour, o.shape) for o in s.objects] for s in scenes], captions=captions,  # renamed
+              **extra)
     log(work, {"stage": "encode", "scenes": args.scenes, "k": k,
                "latent_std_scaled": float(((latents - shift) * scale).std())})
+
+
+def edit_variant(index: int, seed: int):
+    """``--edit-pairs``: training scene ``index`` with one object recoloured, the pair an edit-shaped target is made
+    of. The object is one whose shape no other object of the scene has (so "<colour> <shape>" names it), drawn, and
+    its new colour one that no object of the scene has (as toy_eval's alterations ask for), drawn; everything else
+    (places, sizes, the other object) is the scene's. Returns (the variant ToyScene, object index, old colour, new
+    colour), or None when no object has a shape of its own. Its own seed sequence: the scenes are drawn as ever."""
+    sc = toy_world.scene(index, "train")
+    shapes = [o.shape for o in sc.objects]
+    unique = [j for j, s in enumerate(shapes) if shapes.count(s) == 1]
+    if not unique:
+        return None
+    rng = np.random.default_rng([seed, 7, index])
+    j = unique[int(rng.integers(len(unique)))]
+    absent = [c for c in toy_world.COLOURS if c not in {o.colour for o in sc.objects}]
+    new = absent[int(rng.integers(len(absent)))]
+    specs = [(new if k == j else o.colour, o.shape, o.center, o.half) for k, o in enumerate(sc.objects)]
+    return toy_world.render(specs), j, str(sc.objects[j].colour), str(new)
+
+
+@torch.no_grad()
+def encode_variants(args, ae, n: int):
+    """The encode stage's edit pairs (``--edit-pairs`` > 0): [(object, old colour, new colour, shape) or None] per
+    training scene and the variants' latents (zeros where there is none), encoded as the scenes are (the caller
+    folds the same scale and offset in). (None, None) without --edit-pairs."""
+    if getattr(args, "edit_pairs", 0.0) <= 0:
+        return None, None
+    from tqdm import tqdm
+
+    variants, images, rows = [], [], []
+    for i in range(n):
+        v = edit_variant(i, args.seed)
+        variants.append(None if v is None else (v[1], v[2], v[3], str(v[0].objects[v[1]].shape)))
+        if v is not None:
+            images.append(v[0].image)
+            rows.append(i)
+    out = None
+    for start in tqdm(range(0, len(images), 64), desc="encode pairs", mininterval=5):
+        mean, _ = vae_posterior(ae, to_tensor(images[start:start + 64]).to(args.device))
+        if out is None:
+            out = torch.zeros(n, *mean.shape[1:])
+        out[rows[start:start + 64]] = mean.cpu()
+    return variants, out
+
+
+def edit_rows(args, step: int, idx, variants) -> dict[int, tuple[bool, str, list[int]]]:
+    """``--edit-pairs P``: which rows of a step's batch train an edit-shaped target instead of their caption. Each row
+    whose scene has a variant (edit_variant()) is picked with probability P, from its own seed sequence (the rest of
+    the batch is drawn as without it), in one of the two directions at random: the scene to its variant (its
+    object's new colour named) or the variant back to the scene (the old colour named). Returns {row: (forward,
+    phrase, token positions of its two words)}; the phrase is what a user types, "blue square" or "a blue square"."""
+    if getattr(args, "edit_pairs", 0.0) <= 0 or variants is None:
+        return {}
+    rng = np.random.default_rng([args.seed, 7, step])
+    out = {}
+    for b, i in enumerate(idx):
+        v = variants[int(i)]
+        if v is None or rng.random() >= args.edit_pairs:
+            continue
+        _, old, new, shape = v
+        forward = bool(rng.random() < 0.5)
+        words = f"{new if forward else old} {shape}"
+        out[b] = (forward, words, [1, 2]) if rng.random() < 0.5 else (forward, f"a {words}", [2, 3])
+    return out
+
+
+def pair_latents(args, data: dict, to_model):
+    """The encode stage's variants and their latents as the model sees them (``to_model``), for --edit-pairs; (None,
+    None) without it. A work folder encoded without --edit-pairs has none: a clear stop, not a silent control run."""
+    if getattr(args, "edit_pairs", 0.0) <= 0:
+        return None, None
+    if "latents_b" not in data:
+        raise SystemExit(f"--edit-pairs: {args.work / 'latents.pt'} was encoded without edit pairs; use a new --work "
+                         "folder (the encode stage makes them)")
+    return data["variants"], to_model(data["latents_b"].float().to(args.device))
+
+
+def pair_target(noise, x0, x_tgt, signal):
+    """The denoiser's target where the input is ``x0`` noised and the target scene ``x_tgt`` (--edit-pairs; x_tgt is
+    x0 on every other row, where this is the usual target): the noise plus ``signal`` (the input's signal coefficient:
+    sqrt(alpha-bar) for the UNet, 1 - sigma for the flow model) times x0 - x_tgt. Its prediction of the clean image is
+    then the input scene moved towards the target by the noise coefficient (sqrt(1 - alpha-bar), sigma): the whole way
+    at pure noise, not at all on a clean image, a bounded target at every noise level (the exact target scene would
+    need the difference divided by the noise coefficient). So the phrase's prediction differs from the empty prompt's
+    by the signal coefficient times x0 - x_tgt, on the edited object only: the direction an edit's guidance takes.
+    The flow model's velocity target is noise - x_tgt: its ε and clean-image predictions are then exactly these, with
+    signal 1 - sigma."""
+    return noise + signal * (x0 - x_tgt)
+
+
+def batch_latents(latents, latents_b, idx, edits: dict, rng, cells):
+    """A step's (input latents, target latents, object cells or None), augmented alike (the same flips and turns,
+    drawn from ``rng`` as augment() always draws them); the target is the input except on edit rows (pair_batch())."""
+    src, tgt = pair_batch(latents, latents_b, idx, edits) if edits else (latents[idx], None)
+    others = ([tgt] if edits else []) + ([cells[idx]] if cells is not None else [])
+    outs = augment(src, rng, *others)
+    outs = list(outs) if others else [outs]
+    x0 = outs[0].to(latents.device)
+    x_tgt = outs[1].to(latents.device) if edits else x0
+    return x0, x_tgt, (outs[-1] if cells is not None else None)
+
+
+def with_edit_captions(pairs, edits: dict, idx, variants):
+    """The batch's (caption, named) with the edit rows' phrases (edit_rows()) in place: the phrase names the edited
+    object, whose attention-loss positions are the phrase's two words."""
+    if not edits:
+        return pairs
+    pairs = list(pairs)
+    for b, (_, phrase, positions) in edits.items():
+        pairs[b] = (phrase, [(variants[int(idx[b])][0], positions)])
+    return pairs
+
+
+def pair_batch(latents, latents_b, idx, rows: dict):
+    """(input latents, target latents) of a batch with edit rows (edit_rows()): a forward row goes from the scene to
+    its variant, a reverse row from the variant to the scene; every other row is its scene, in and out."""
+    src = latents[idx].clone()
+    tgt = src.clone()
+    for b, (forward, _, _) in rows.items():
+        other = latents_b[int(idx[b])].to(src.device, src.dtype)
+        if forward:
+            tgt[b] = other
+        else:
+            src[b] = other
+    return src, tgt
 
 
 # ---------------------------------------------------------------------------------------------- UNet
@@ -595,6 +731,7 @@ def train_unet(args, work: Path) -> None:
     path = work / "unet.pt"
     data = torch.load(work / "latents.pt", weights_only=False)
     latents = data["latents"].float().to(args.device) * SCALE
+    variants, latents_b = pair_latents(args, data, lambda z: z * SCALE)
     unet = new_unet(args.seed)
     clip = new_clip(args.seed)
     if args.init_from is not None:  # a fine-tune: the UNet and the text encoder of those weights
@@ -635,13 +772,11 @@ def train_unet(args, work: Path) -> None:
         te.train()
         rng = np.random.default_rng([args.seed, 2, step])
         idx = rng.integers(0, latents.shape[0], size=args.batch)
-        if tap:
-            x0, cover = augment(latents[idx], rng, cells[idx])
-            x0 = x0.to(args.device)
-        else:
-            x0 = augment(latents[idx], rng).to(args.device)
+        edits = edit_rows(args, step, idx, variants)
+        x0, x_tgt, cover = batch_latents(latents, latents_b, idx, edits, rng, cells)
         words_rng = np.random.default_rng([args.seed, 5, step])  # --shape-only's own stream
         pairs = [caption_with_positions(rng, data["objects"][i], args.shape_only, words_rng) for i in idx]
+        pairs = with_edit_captions(pairs, edits, idx, variants)
         captions = [c for c, _ in pairs]
         t = sample_timesteps(rng, args.batch, high=args.min_snr > 0 or args.x0_weight > 0).to(args.device)
         noise = seeded_noise(x0, args.seed * 1000003 + step)
@@ -654,7 +789,7 @@ def train_unet(args, work: Path) -> None:
             group["lr"] = lr
         ctx = text_forward(te, token_lists(clip, captions))
         eps = dm(xt, timesteps=t.float(), context=ctx)
-        per_sample = (eps - noise).pow(2).mean(dim=(1, 2, 3))
+        per_sample = (eps - pair_target(noise, x0, x_tgt, a.sqrt())).pow(2).mean(dim=(1, 2, 3))
         loss = per_sample.mean()
         total = loss
         if args.min_snr > 0:  # min-SNR-gamma weighting (Hang et al. 2023): less weight on the low-noise steps

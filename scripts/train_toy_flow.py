@@ -115,6 +115,7 @@ def train_dit(args, work: Path) -> None:
     path = work / "dit.pt"
     data = torch.load(work / "latents.pt", weights_only=False)
     latents = (data["latents"].float().to(args.device) - SD3_SHIFT) * SD3_SCALE  # what the sampler hands the model
+    variants, latents_b = train_toy.pair_latents(args, data, lambda z: (z - SD3_SHIFT) * SD3_SCALE)
     model = toy_model.build_flow_model()
     dm = model.model.diffusion_model.to(args.device)
     init_dit_(dm, args.seed)
@@ -160,13 +161,11 @@ def train_dit(args, work: Path) -> None:
         te.train()
         rng = np.random.default_rng([args.seed, 3, step])
         idx = rng.integers(0, latents.shape[0], size=args.batch)
-        if tap:
-            x0, cover = train_toy.augment(latents[idx], rng, cells[idx])
-        else:
-            x0 = train_toy.augment(latents[idx], rng)
-        x0 = x0.to(args.device)
+        edits = train_toy.edit_rows(args, step, idx, variants)
+        x0, x_tgt, cover = train_toy.batch_latents(latents, latents_b, idx, edits, rng, cells)
         words_rng = np.random.default_rng([args.seed, 5, step])  # --shape-only's own stream
         pairs = [train_toy.caption_with_positions(rng, data["objects"][i], args.shape_only, words_rng) for i in idx]
+        pairs = train_toy.with_edit_captions(pairs, edits, idx, variants)
         sigma = sigmas[torch.from_numpy(rng.integers(0, len(sigmas), size=args.batch))].to(args.device)
         noise = train_toy.seeded_noise(x0, args.seed * 1000003 + step)
         s = sigma.view(-1, 1, 1, 1)
@@ -177,7 +176,7 @@ def train_dit(args, work: Path) -> None:
             group["lr"] = lr
         ctx, pooled = text_forward(te, train_toy.token_lists(clip, [c for c, _ in pairs]))
         v = forward(dm, xt, sigma, ms, ctx, pooled, tap)
-        loss = (v - (noise - x0)).pow(2).mean()
+        loss = (v - (noise - x_tgt)).pow(2).mean()  # x_tgt: x0 but on --edit-pairs rows (train_toy.pair_target)
         total = loss
         if tap:
             maps = tap.take()

@@ -220,3 +220,84 @@ def test_colour_spread_measures_how_unequal_the_palette_distances_are(monkeypatc
         loss.backward()
         opt.step()
     assert train_toy.colour_spread(ae)[0].item() < first / 2
+
+
+def test_edit_variant_recolours_one_object_of_its_own_shape_and_nothing_else():
+    import toy_world
+
+    seen_none, targets = 0, set()
+    for i in range(60):
+        sc = toy_world.scene(i, "train")
+        v = train_toy.edit_variant(i, 0)
+        shapes = [o.shape for o in sc.objects]
+        if v is None:
+            seen_none += 1
+            assert all(shapes.count(s) > 1 for s in shapes)  # no object has a shape of its own
+            continue
+        variant, j, old, new = v
+        assert shapes.count(shapes[j]) == 1 and old == sc.objects[j].colour
+        assert new not in {o.colour for o in sc.objects}
+        assert [o.words for k, o in enumerate(variant.objects) if k != j] == [o.words for k, o in
+                                                                           enumerate(sc.objects) if k != j]
+        assert variant.objects[j].words == f"{new} {shapes[j]}"
+        changed = (variant.image != sc.image).any(-1)
+        assert changed.any() and not changed[~sc.objects[j].mask].any()  # only the object's own pixels
+        assert toy_world.colour_pixels(variant.image, new)[sc.objects[j].mask].mean() > 0.95
+        assert train_toy.edit_variant(i, 0)[1:] == v[1:]  # drawn from its own seed: the same every time
+        targets.add((len(sc.objects), j))
+    assert seen_none > 0 and {(1, 0), (2, 0), (2, 1)} <= targets
+
+
+def test_edit_rows_name_the_new_colour_forward_and_the_old_one_back():
+    variants = [None, (1, "red", "blue", "square"), (0, "green", "red", "circle")]
+    idx = np.array([0, 1, 2, 1, 2, 1, 2, 1] * 8)
+    off = types.SimpleNamespace(edit_pairs=0.0, seed=0)
+    assert train_toy.edit_rows(off, 3, idx, variants) == {}
+    every = types.SimpleNamespace(edit_pairs=1.0, seed=0)
+    rows = train_toy.edit_rows(every, 3, idx, variants)
+    assert set(rows) == {b for b, i in enumerate(idx) if i != 0}  # every row that has a variant
+    assert rows == train_toy.edit_rows(every, 3, idx, variants) != train_toy.edit_rows(every, 4, idx, variants)
+    forms = set()
+    for b, (forward, phrase, positions) in rows.items():
+        _, old, new, shape = variants[idx[b]]
+        words = phrase.split()
+        assert [words[p - 1] for p in positions] == [new if forward else old, shape]  # position 0: start token
+        forms.add((forward, phrase.startswith("a ")))
+    assert forms == {(True, True), (True, False), (False, True), (False, False)}
+    half = train_toy.edit_rows(types.SimpleNamespace(edit_pairs=0.5, seed=0), 3, idx, variants)
+    assert 0.3 < len(half) / len(rows) < 0.7
+    pairs = train_toy.with_edit_captions([("a caption", [(0, [2, 3])])] * len(idx), rows, idx, variants)
+    assert pairs[0] == ("a caption", [(0, [2, 3])])  # no variant: its caption stays
+    assert pairs[1] == (rows[1][1], [(1, rows[1][2])])  # the phrase, on the edited object
+
+
+def test_pair_target_moves_the_clean_prediction_from_the_input_towards_the_target():
+    g = torch.Generator().manual_seed(4)
+    a, b, noise = (torch.randn(3, 4, 8, 8, generator=g) for _ in range(3))
+    acp = torch.tensor([0.9, 0.5, 0.05]).view(-1, 1, 1, 1)  # VP (the UNet): x_t = sqrt(acp) a + sqrt(1 - acp) noise
+    xt = acp.sqrt() * a + (1 - acp).sqrt() * noise
+    eps = train_toy.pair_target(noise, a, b, acp.sqrt())
+    x0 = (xt - (1 - acp).sqrt() * eps) / acp.sqrt()
+    assert torch.allclose(x0, a + (1 - acp).sqrt() * (b - a), atol=1e-5)
+    assert torch.equal(train_toy.pair_target(noise, a, a, acp.sqrt()), noise)  # not an edit row: the usual target
+    sigma = torch.tensor([0.9, 0.5, 0.1]).view(-1, 1, 1, 1)  # flow: x_t = (1 - s) a + s noise, velocity noise - b
+    xt = (1 - sigma) * a + sigma * noise
+    v = noise - b
+    assert torch.allclose(xt - sigma * v, (1 - sigma) * a + sigma * b, atol=1e-5)  # its clean prediction
+    assert torch.allclose(xt + (1 - sigma) * v, train_toy.pair_target(noise, a, b, 1 - sigma), atol=1e-5)  # its eps
+
+
+def test_batch_latents_turn_input_target_and_cells_alike():
+    g = torch.Generator().manual_seed(5)
+    latents, latents_b = torch.randn(5, 4, 8, 8, generator=g), torch.randn(5, 4, 8, 8, generator=g)
+    cells = torch.rand(5, 2, 8, 8, generator=g)
+    idx = np.array([0, 1, 2, 3, 4, 1])
+    edits = {1: (True, "blue square", [1, 2]), 2: (False, "a red circle", [2, 3])}
+    x0, x_tgt, cover = train_toy.batch_latents(latents, latents_b, idx, edits, np.random.default_rng(9), cells)
+    src, tgt = latents[idx].clone(), latents[idx].clone()
+    tgt[1], src[2] = latents_b[1], latents_b[2]  # forward: the scene to its variant; reverse: the variant back
+    want = augment_one_by_one(src, np.random.default_rng(9), tgt, cells[idx])
+    assert all(torch.equal(g_, w_) for g_, w_ in zip((x0, x_tgt, cover), want, strict=True))
+    plain = train_toy.batch_latents(latents, None, idx, {}, np.random.default_rng(9), None)
+    assert torch.equal(plain[0], augment_one_by_one(latents[idx], np.random.default_rng(9)))
+    assert plain[1] is plain[0] and plain[2] is None  # no edit rows: the target is the input
