@@ -35,8 +35,7 @@ SIGMA_SHARES = (0.9, 0.6, 0.3)  # where in the model's sigma range (share of its
 def recoloured(scene, index: int):
     """The scene with object ``index`` in the colour no object has."""
     new = toy_eval.new_colour_for(scene)
-    return toy_world.render([(new if k == index else o.colour, o.shape, o.center, o.half)
-                             for k, o in enumerate(scene.objects)]), new
+    return toy_world.recolour(scene, index, new), new
 
 
 @torch.no_grad()

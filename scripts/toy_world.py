@@ -115,6 +115,11 @@ def render(specs) -> ToyScene:
     return ToyScene(np.asarray(image).copy(), caption, objects)
 
 
+def recolour(sc: ToyScene, index: int, colour: str) -> ToyScene:
+    """The scene with object ``index`` in ``colour``: every place, size and other object as it was."""
+    return render([(colour if k == index else o.colour, o.shape, o.center, o.half) for k, o in enumerate(sc.objects)])
+
+
 def scene(index: int, split: str = "train", n_objects: int | None = None) -> ToyScene:
     """Scene ``index`` of a split. Two-object scenes have two different colours (so a colour word names
     one object); shapes are different in 3 of 4 scenes. ``n_objects`` None: 1 (25 %) or 2 (75 %)."""

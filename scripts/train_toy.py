@@ -401,12 +401,11 @@ def edit_variant(index: int, seed: int):
     unique = [j for j, s in enumerate(shapes) if shapes.count(s) == 1]
     if not unique:
         return None
-    rng = np.random.default_rng([seed, 7, index])
+    rng = np.random.default_rng([seed, 7, index])  # (edit_rows() draws from [seed, 7, step]: other draws, no harm)
     j = unique[int(rng.integers(len(unique)))]
     absent = [c for c in toy_world.COLOURS if c not in {o.colour for o in sc.objects}]
-    new = absent[int(rng.integers(len(absent)))]
-    specs = [(new if k == j else o.colour, o.shape, o.center, o.half) for k, o in enumerate(sc.objects)]
-    return toy_world.render(specs), j, str(sc.objects[j].colour), str(new)
+    new = str(absent[int(rng.integers(len(absent)))])
+    return toy_world.recolour(sc, j, new), j, str(sc.objects[j].colour), new
 
 
 @torch.no_grad()

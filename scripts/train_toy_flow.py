@@ -8,7 +8,8 @@ Stages (each resumable from its checkpoint in --work; re-running a finished stag
 1. ``vae``: the toy AutoencoderKL with 16 latent channels (train_toy's VAE stage).
 2. ``encode``: training scenes encoded once; a scale and per-channel offset folded into the VAE so that the
    SD3 latent format's process_in gives zero-mean, unit-variance latents (the committed model's: zero-mean,
-   standard deviation 0.88, folded before train_toy.encode measured the spread after the shift).
+   standard deviation 0.88, folded before train_toy.encode measured the spread after the shift); with
+   ``--edit-pairs``, each scene's recoloured variant too (train_toy.edit_variant).
 3. ``dit``: the MMDiT and the text encoder (started from the committed toy UNet's text encoder) together:
    rectified flow as the host samples it (x = (1 - sigma) x0 + sigma eps, the model predicts eps - x0,
    sigma drawn from the host's SD3 model sampling table, shift 3), flips/rotations, 10 % empty captions,
