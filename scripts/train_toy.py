@@ -82,6 +82,12 @@ def common_args(p: argparse.ArgumentParser, stages: list[str], work: str, out: P
                         "edit-shaped target: a scene noised, the phrase '<new colour> <shape>' as the prompt, and as the "
                         "target the same scene with that object in the new colour (edit_variant(), pair_target()); "
                         "0: the committed recipe")
+    p.add_argument("--removal-pairs", type=float, default=0.0,
+                   help="share of the training rows (of those --edit-pairs leaves) that learn a removal-shaped "
+                        "target: a scene noised, the phrase '<colour> <shape>' naming one of its objects as the "
+                        "prompt, and as the target the scene moved away from the same scene without that object "
+                        "(removal_variant(), pair_batch()), so that the phrase points from the object's absence to "
+                        "it and an edit's negative guidance back; 0: the committed recipe")
     p.add_argument("--budget-min", type=float, default=0,
                    help="fit the denoiser's steps to this many minutes of this process: the run measures its speed "
                         "over steps 50-150 and lowers the step count (and so the learning-rate schedule) to what fits "
@@ -353,6 +359,7 @@ def encode(args, work: Path) -> None:
         scenes.extend(batch)
     latents = torch.cat(latents)
     variants, latents_b = encode_variants(args, ae, len(scenes))
+    removals, latents_r = encode_variants(args, ae, len(scenes), removal=True)
     # Fold a scale k into the VAE: z' = k z (quant_conv mean rows x k, logvar rows + 2 log k),
     # post_quant_conv weights / k. Then SD1.5's 0.18215 x z' has unit standard deviation.
     # With a latent format that shifts (SD3's process_in: (z' - shift) x scale), a per-channel offset c is
@@ -374,15 +381,19 @@ def encode(args, work: Path) -> None:
     sd["post_quant_conv.weight"] = sd["post_quant_conv.weight"] / k
     latents = latents * k
     latents_b = latents_b * k if latents_b is not None else None
+    latents_r = latents_r * k if latents_r is not None else None
     if shift and not keep:
         c = shift - latents.mean(dim=(0, 2, 3))
         b[:zc] += c
         sd["post_quant_conv.bias"] = sd["post_quant_conv.bias"] - sd["post_quant_conv.weight"][:, :, 0, 0] @ c
         latents = latents + c.view(1, -1, 1, 1)
         latents_b = latents_b + c.view(1, -1, 1, 1) if latents_b is not None else None
+        latents_r = latents_r + c.view(1, -1, 1, 1) if latents_r is not None else None
     sd["quant_conv.weight"], sd["quant_conv.bias"] = w, b
     captions = [s.caption for s in scenes]
     extra = {} if latents_b is None else {"variants": variants, "latents_b": latents_b.half()}
+    if latents_r is not None:
+        extra.update(removals=removals, latents_r=latents_r.half())
     save_ckpt(path, latents=latents.half(), scenes=list(range(args.scenes)), vae=sd, k=k,  # written whole, then
               objects=[[(o.colour, o.shape) for o in s.objects] for s in scenes], captions=captions,  # renamed
               **extra)
@@ -408,19 +419,36 @@ def edit_variant(index: int, seed: int):
     return toy_world.recolour(sc, j, new), j, str(sc.objects[j].colour), new
 
 
+def removal_variant(index: int, seed: int):
+    """``--removal-pairs``: training scene ``index`` without one of its objects (drawn; a one-object scene becomes
+    the bare background), the pair a removal-shaped target is made of. Colours differ within a scene, so
+    "<colour> <shape>" names the object. Returns (the variant ToyScene, object index, colour, shape); the rest of the
+    scene (the other object's place and size) is the scene's. Its own seed sequence."""
+    sc = toy_world.scene(index, "train")
+    rng = np.random.default_rng([seed, 8, index])  # (removal_rows() draws from [seed, 9, step])
+    j = int(rng.integers(len(sc.objects)))
+    rest = [(o.colour, o.shape, o.center, o.half) for k, o in enumerate(sc.objects) if k != j]
+    return toy_world.render(rest), j, str(sc.objects[j].colour), str(sc.objects[j].shape)
+
+
 @torch.no_grad()
-def encode_variants(args, ae, n: int):
+def encode_variants(args, ae, n: int, removal: bool = False):
     """The encode stage's edit pairs (``--edit-pairs`` > 0): [(object, old colour, new colour, shape) or None] per
     training scene and the variants' latents (zeros where there is none), encoded as the scenes are (the caller
-    folds the same scale and offset in). (None, None) without --edit-pairs."""
-    if getattr(args, "edit_pairs", 0.0) <= 0:
+    folds the same scale and offset in). (None, None) without --edit-pairs. With ``removal``, the same for
+    ``--removal-pairs``: [(object, colour, shape)] and the latents of the scenes without that object."""
+    if getattr(args, "removal_pairs" if removal else "edit_pairs", 0.0) <= 0:
         return None, None
     from tqdm import tqdm
 
     variants, images, rows = [], [], []
     for i in range(n):
-        v = edit_variant(i, args.seed)
-        variants.append(None if v is None else (v[1], v[2], v[3], str(v[0].objects[v[1]].shape)))
+        if removal:
+            v = removal_variant(i, args.seed)
+            variants.append(v[1:])
+        else:
+            v = edit_variant(i, args.seed)
+            variants.append(None if v is None else (v[1], v[2], v[3], str(v[0].objects[v[1]].shape)))
         if v is not None:
             images.append(v[0].image)
             rows.append(i)
@@ -433,12 +461,13 @@ def encode_variants(args, ae, n: int):
     return variants, out
 
 
-def edit_rows(args, step: int, idx, variants) -> dict[int, tuple[bool, str, list[int]]]:
+def edit_rows(args, step: int, idx, variants) -> dict[int, tuple[str, str, list[int], int]]:
     """``--edit-pairs P``: which rows of a step's batch train an edit-shaped target instead of their caption. Each row
     whose scene has a variant (edit_variant()) is picked with probability P, from its own seed sequence (the rest of
-    the batch is drawn as without it), in one of the two directions at random: the scene to its variant (its
-    object's new colour named) or the variant back to the scene (the old colour named). Returns {row: (forward,
-    phrase, token positions of its two words)}; the phrase is what a user types, "blue square" or "a blue square"."""
+    the batch is drawn as without it), in one of the two directions at random: the scene to its variant ("to", its
+    object's new colour named) or the variant back to the scene ("back", the old colour named). Returns {row: (kind,
+    phrase, token positions of its two words, object)}; the phrase is what a user types, "blue square" or "a blue
+    square"."""
     if getattr(args, "edit_pairs", 0.0) <= 0 or variants is None:
         return {}
     rng = np.random.default_rng([args.seed, 7, step])
@@ -447,22 +476,42 @@ def edit_rows(args, step: int, idx, variants) -> dict[int, tuple[bool, str, list
         v = variants[int(i)]
         if v is None or rng.random() >= args.edit_pairs:
             continue
-        _, old, new, shape = v
+        j, old, new, shape = v
         forward = bool(rng.random() < 0.5)
         words = f"{new if forward else old} {shape}"
-        out[b] = (forward, words, [1, 2]) if rng.random() < 0.5 else (forward, f"a {words}", [2, 3])
+        kind = "to" if forward else "back"
+        out[b] = (kind, words, [1, 2], j) if rng.random() < 0.5 else (kind, f"a {words}", [2, 3], j)
     return out
 
 
-def pair_latents(args, data: dict, to_model):
-    """The encode stage's variants and their latents as the model sees them (``to_model``), for --edit-pairs; (None,
-    None) without it. A work folder encoded without --edit-pairs has none: a clear stop, not a silent control run."""
-    if getattr(args, "edit_pairs", 0.0) <= 0:
+def removal_rows(args, step: int, idx, removals, taken: dict) -> dict[int, tuple[str, str, list[int], int]]:
+    """``--removal-pairs R``: which of a step's rows that edit_rows() left (not in ``taken``) train a removal-shaped
+    target: each with probability R, from its own seed sequence. {row: ("remove", phrase naming the removal
+    variant's object, its words' token positions, object)}, as edit_rows()."""
+    if getattr(args, "removal_pairs", 0.0) <= 0 or removals is None:
+        return {}
+    rng = np.random.default_rng([args.seed, 9, step])
+    out = {}
+    for b, i in enumerate(idx):
+        if rng.random() >= args.removal_pairs or b in taken:
+            continue
+        j, colour, shape = removals[int(i)]
+        words = f"{colour} {shape}"
+        out[b] = ("remove", words, [1, 2], j) if rng.random() < 0.5 else ("remove", f"a {words}", [2, 3], j)
+    return out
+
+
+def pair_latents(args, data: dict, to_model, removal: bool = False):
+    """The encode stage's variants and their latents as the model sees them (``to_model``), for --edit-pairs (with
+    ``removal``, --removal-pairs); (None, None) without it. A work folder encoded without them has none: a clear stop,
+    not a silent control run."""
+    flag, key, name = ("removal_pairs", "latents_r", "removal") if removal else ("edit_pairs", "latents_b", "edit")
+    if getattr(args, flag, 0.0) <= 0:
         return None, None
-    if "latents_b" not in data:
-        raise SystemExit(f"--edit-pairs: {args.work / 'latents.pt'} was encoded without edit pairs; use a new --work "
-                         "folder (the encode stage makes them)")
-    return data["variants"], to_model(data["latents_b"].float().to(args.device))
+    if key not in data:
+        raise SystemExit(f"--{flag.replace('_', '-')}: {args.work / 'latents.pt'} was encoded without {name} pairs; "
+                         "use a new --work folder (the encode stage makes them)")
+    return data["removals" if removal else "variants"], to_model(data[key].float().to(args.device))
 
 
 def pair_target(noise, x0, x_tgt, signal):
@@ -478,10 +527,11 @@ def pair_target(noise, x0, x_tgt, signal):
     return noise + signal * (x0 - x_tgt)
 
 
-def batch_latents(latents, latents_b, idx, edits: dict, rng, cells):
+def batch_latents(latents, variants: tuple, idx, edits: dict, rng, cells):
     """A step's (input latents, target latents, object cells or None), augmented alike (the same flips and turns,
-    drawn from ``rng`` as augment() always draws them); the target is the input except on edit rows (pair_batch())."""
-    src, tgt = pair_batch(latents, latents_b, idx, edits) if edits else (latents[idx], None)
+    drawn from ``rng`` as augment() always draws them); the target is the input except on edit rows (pair_batch()).
+    ``variants``: (the edit pairs' latents, the removal pairs' latents), each None without its flag."""
+    src, tgt = pair_batch(latents, *variants, idx, edits) if edits else (latents[idx], None)
     others = ([tgt] if edits else []) + ([cells[idx]] if cells is not None else [])
     outs = augment(src, rng, *others)
     outs = list(outs) if others else [outs]
@@ -490,28 +540,34 @@ def batch_latents(latents, latents_b, idx, edits: dict, rng, cells):
     return x0, x_tgt, (outs[-1] if cells is not None else None)
 
 
-def with_edit_captions(pairs, edits: dict, idx, variants):
-    """The batch's (caption, named) with the edit rows' phrases (edit_rows()) in place: the phrase names the edited
-    object, whose attention-loss positions are the phrase's two words."""
+def with_edit_captions(pairs, edits: dict):
+    """The batch's (caption, named) with the edit rows' phrases (edit_rows(), removal_rows()) in place: the phrase
+    names the edited object, whose attention-loss positions are the phrase's two words."""
     if not edits:
         return pairs
     pairs = list(pairs)
-    for b, (_, phrase, positions) in edits.items():
-        pairs[b] = (phrase, [(variants[int(idx[b])][0], positions)])
+    for b, (_, phrase, positions, obj) in edits.items():
+        pairs[b] = (phrase, [(obj, positions)])
     return pairs
 
 
-def pair_batch(latents, latents_b, idx, rows: dict):
-    """(input latents, target latents) of a batch with edit rows (edit_rows()): a forward row goes from the scene to
-    its variant, a reverse row from the variant to the scene; every other row is its scene, in and out."""
+def pair_batch(latents, latents_b, latents_r, idx, rows: dict):
+    """(input latents, target latents) of a batch with edit rows (edit_rows(), removal_rows()): a "to" row goes from
+    the scene to its variant, a "back" row from the variant to the scene; a "remove" row's input is the scene and its
+    target the scene moved away from its removal variant by as much as that variant lies from it (2 x0 - x_removed:
+    with pair_target(), the phrase's clean prediction is the scene plus the noise coefficient times the object
+    against its absence; so what the phrase adds points towards the object, and an edit's negative guidance on the
+    phrase towards the background). Every other row is its scene, in and out."""
     src = latents[idx].clone()
     tgt = src.clone()
-    for b, (forward, _, _) in rows.items():
-        other = latents_b[int(idx[b])].to(src.device, src.dtype)
-        if forward:
-            tgt[b] = other
+    for b, (kind, _, _, _) in rows.items():
+        i = int(idx[b])
+        if kind == "to":
+            tgt[b] = latents_b[i].to(src.device, src.dtype)
+        elif kind == "back":
+            src[b] = latents_b[i].to(src.device, src.dtype)
         else:
-            src[b] = other
+            tgt[b] = 2 * src[b] - latents_r[i].to(src.device, src.dtype)
     return src, tgt
 
 
@@ -731,6 +787,7 @@ def train_unet(args, work: Path) -> None:
     data = torch.load(work / "latents.pt", weights_only=False)
     latents = data["latents"].float().to(args.device) * SCALE
     variants, latents_b = pair_latents(args, data, lambda z: z * SCALE)
+    removals, latents_r = pair_latents(args, data, lambda z: z * SCALE, removal=True)
     unet = new_unet(args.seed)
     clip = new_clip(args.seed)
     if args.init_from is not None:  # a fine-tune: the UNet and the text encoder of those weights
@@ -772,10 +829,11 @@ def train_unet(args, work: Path) -> None:
         rng = np.random.default_rng([args.seed, 2, step])
         idx = rng.integers(0, latents.shape[0], size=args.batch)
         edits = edit_rows(args, step, idx, variants)
-        x0, x_tgt, cover = batch_latents(latents, latents_b, idx, edits, rng, cells)
+        edits.update(removal_rows(args, step, idx, removals, edits))
+        x0, x_tgt, cover = batch_latents(latents, (latents_b, latents_r), idx, edits, rng, cells)
         words_rng = np.random.default_rng([args.seed, 5, step])  # --shape-only's own stream
         pairs = [caption_with_positions(rng, data["objects"][i], args.shape_only, words_rng) for i in idx]
-        pairs = with_edit_captions(pairs, edits, idx, variants)
+        pairs = with_edit_captions(pairs, edits)
         captions = [c for c, _ in pairs]
         t = sample_timesteps(rng, args.batch, high=args.min_snr > 0 or args.x0_weight > 0).to(args.device)
         noise = seeded_noise(x0, args.seed * 1000003 + step)

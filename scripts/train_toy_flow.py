@@ -117,6 +117,7 @@ def train_dit(args, work: Path) -> None:
     data = torch.load(work / "latents.pt", weights_only=False)
     latents = (data["latents"].float().to(args.device) - SD3_SHIFT) * SD3_SCALE  # what the sampler hands the model
     variants, latents_b = train_toy.pair_latents(args, data, lambda z: (z - SD3_SHIFT) * SD3_SCALE)
+    removals, latents_r = train_toy.pair_latents(args, data, lambda z: (z - SD3_SHIFT) * SD3_SCALE, removal=True)
     model = toy_model.build_flow_model()
     dm = model.model.diffusion_model.to(args.device)
     init_dit_(dm, args.seed)
@@ -163,10 +164,11 @@ def train_dit(args, work: Path) -> None:
         rng = np.random.default_rng([args.seed, 3, step])
         idx = rng.integers(0, latents.shape[0], size=args.batch)
         edits = train_toy.edit_rows(args, step, idx, variants)
-        x0, x_tgt, cover = train_toy.batch_latents(latents, latents_b, idx, edits, rng, cells)
+        edits.update(train_toy.removal_rows(args, step, idx, removals, edits))
+        x0, x_tgt, cover = train_toy.batch_latents(latents, (latents_b, latents_r), idx, edits, rng, cells)
         words_rng = np.random.default_rng([args.seed, 5, step])  # --shape-only's own stream
         pairs = [train_toy.caption_with_positions(rng, data["objects"][i], args.shape_only, words_rng) for i in idx]
-        pairs = train_toy.with_edit_captions(pairs, edits, idx, variants)
+        pairs = train_toy.with_edit_captions(pairs, edits)
         sigma = sigmas[torch.from_numpy(rng.integers(0, len(sigmas), size=args.batch))].to(args.device)
         noise = train_toy.seeded_noise(x0, args.seed * 1000003 + step)
         s = sigma.view(-1, 1, 1, 1)

@@ -258,17 +258,55 @@ def test_edit_rows_name_the_new_colour_forward_and_the_old_one_back():
     assert set(rows) == {b for b, i in enumerate(idx) if i != 0}  # every row that has a variant
     assert rows == train_toy.edit_rows(every, 3, idx, variants) != train_toy.edit_rows(every, 4, idx, variants)
     forms = set()
-    for b, (forward, phrase, positions) in rows.items():
-        _, old, new, shape = variants[idx[b]]
+    for b, (kind, phrase, positions, obj) in rows.items():
+        j, old, new, shape = variants[idx[b]]
         words = phrase.split()
-        assert [words[p - 1] for p in positions] == [new if forward else old, shape]  # position 0: start token
-        forms.add((forward, phrase.startswith("a ")))
-    assert forms == {(True, True), (True, False), (False, True), (False, False)}
+        assert [words[p - 1] for p in positions] == [new if kind == "to" else old, shape]  # position 0: start token
+        assert obj == j
+        forms.add((kind, phrase.startswith("a ")))
+    assert forms == {("to", True), ("to", False), ("back", True), ("back", False)}
     half = train_toy.edit_rows(types.SimpleNamespace(edit_pairs=0.5, seed=0), 3, idx, variants)
     assert 0.3 < len(half) / len(rows) < 0.7
-    pairs = train_toy.with_edit_captions([("a caption", [(0, [2, 3])])] * len(idx), rows, idx, variants)
+    pairs = train_toy.with_edit_captions([("a caption", [(0, [2, 3])])] * len(idx), rows)
     assert pairs[0] == ("a caption", [(0, [2, 3])])  # no variant: its caption stays
     assert pairs[1] == (rows[1][1], [(1, rows[1][2])])  # the phrase, on the edited object
+
+
+def test_removal_variant_takes_one_object_away_and_leaves_the_rest():
+    import toy_world
+
+    background = np.asarray(toy_world.BACKGROUND)
+    taken = set()
+    for i in range(40):
+        sc = toy_world.scene(i, "train")
+        variant, j, colour, shape = train_toy.removal_variant(i, 0)
+        assert (colour, shape) == (sc.objects[j].colour, sc.objects[j].shape)
+        assert [o.words for o in variant.objects] == [o.words for k, o in enumerate(sc.objects) if k != j]
+        assert (variant.image[sc.objects[j].mask] == background).all()  # background where the object was
+        changed = (variant.image != sc.image).any(-1)
+        assert not changed[~sc.objects[j].mask].any()  # and nothing else changed
+        assert train_toy.removal_variant(i, 0)[1:] == (j, colour, shape)
+        taken.add((len(sc.objects), j))
+    assert {(1, 0), (2, 0), (2, 1)} <= taken
+
+
+def test_removal_rows_name_the_removed_object_on_rows_the_edit_rows_left():
+    removals = [(0, "red", "circle"), (1, "blue", "square"), (0, "green", "square")]
+    idx = np.array([0, 1, 2, 1, 2, 1, 2, 0] * 8)
+    assert train_toy.removal_rows(types.SimpleNamespace(removal_pairs=0.0, seed=0), 3, idx, removals, {}) == {}
+    every = types.SimpleNamespace(removal_pairs=1.0, seed=0)
+    taken = {0: None, 5: None}
+    rows = train_toy.removal_rows(every, 3, idx, removals, taken)
+    assert set(rows) == set(range(len(idx))) - set(taken)
+    forms = set()
+    for b, (kind, phrase, positions, obj) in rows.items():
+        j, colour, shape = removals[idx[b]]
+        words = phrase.split()
+        assert kind == "remove" and obj == j and [words[p - 1] for p in positions] == [colour, shape]
+        forms.add(phrase.startswith("a "))
+    assert forms == {True, False}
+    half = train_toy.removal_rows(types.SimpleNamespace(removal_pairs=0.5, seed=0), 3, idx, removals, {})
+    assert 0.3 < len(half) / len(idx) < 0.7
 
 
 def test_pair_target_moves_the_clean_prediction_from_the_input_towards_the_target():
@@ -292,12 +330,16 @@ def test_batch_latents_turn_input_target_and_cells_alike():
     latents, latents_b = torch.randn(5, 4, 8, 8, generator=g), torch.randn(5, 4, 8, 8, generator=g)
     cells = torch.rand(5, 2, 8, 8, generator=g)
     idx = np.array([0, 1, 2, 3, 4, 1])
-    edits = {1: (True, "blue square", [1, 2]), 2: (False, "a red circle", [2, 3])}
-    x0, x_tgt, cover = train_toy.batch_latents(latents, latents_b, idx, edits, np.random.default_rng(9), cells)
+    latents_r = torch.randn(5, 4, 8, 8, generator=g)
+    edits = {1: ("to", "blue square", [1, 2], 1), 2: ("back", "a red circle", [2, 3], 0),
+             4: ("remove", "green square", [1, 2], 0)}
+    x0, x_tgt, cover = train_toy.batch_latents(latents, (latents_b, latents_r), idx, edits,
+                                               np.random.default_rng(9), cells)
     src, tgt = latents[idx].clone(), latents[idx].clone()
     tgt[1], src[2] = latents_b[1], latents_b[2]  # forward: the scene to its variant; reverse: the variant back
+    tgt[4] = 2 * latents[4] - latents_r[4]  # removal: away from the scene without the object, as far again
     want = augment_one_by_one(src, np.random.default_rng(9), tgt, cells[idx])
     assert all(torch.equal(g_, w_) for g_, w_ in zip((x0, x_tgt, cover), want, strict=True))
-    plain = train_toy.batch_latents(latents, None, idx, {}, np.random.default_rng(9), None)
+    plain = train_toy.batch_latents(latents, (None, None), idx, {}, np.random.default_rng(9), None)
     assert torch.equal(plain[0], augment_one_by_one(latents[idx], np.random.default_rng(9)))
     assert plain[1] is plain[0] and plain[2] is None  # no edit rows: the target is the input

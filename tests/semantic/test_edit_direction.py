@@ -23,12 +23,19 @@ def test_edit_direction_measures_the_phrase_against_the_recolouring(kind):
     changed = (variant.image != scene.image).any(-1)
     assert new not in {o.colour for o in scene.objects} and variant.objects[1].colour == new
     assert changed.any() and not changed[~scene.objects[1].mask].any()
+    gone = edit_direction.removed(scene, 0)
+    changed = (gone.image != scene.image).any(-1)
+    assert [o.words for o in gone.objects] == [scene.objects[1].words]
+    assert changed.any() and not changed[~scene.objects[0].mask].any()
     model, clip, vae = toy_eval.load(kind)
     figs = edit_direction.measure(model, clip, vae, 1)
-    assert set(figs) == set(edit_direction.SIGMA_SHARES)
-    for rows in figs.values():
-        v = np.array(rows)
-        assert v.shape == (2, 3) and np.isfinite(v).all()
-        assert (np.abs(v[:, 0]) <= 1 + 1e-5).all() and (v[:, 1:] > 0).all()
+    for edit in (figs, edit_direction.measure(model, clip, vae, 1, "removal")):
+        assert set(edit) == set(edit_direction.SIGMA_SHARES)
+        for rows in edit.values():
+            v = np.array(rows)
+            assert v.shape == (2, 3) and np.isfinite(v).all()
+            assert (np.abs(v[:, 0]) <= 1 + 1e-5).all() and (v[:, 1:] > 0).all()
+    with pytest.raises(ValueError, match="kind must be"):
+        edit_direction.measure(model, clip, vae, 1, "swap")
     # the committed models, at the middle noise level: the phrase hardly moves the prediction (medians 0.01 / 0.07)
     assert (np.array(figs[0.6])[:, 1] < 0.3).all()

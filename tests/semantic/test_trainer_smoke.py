@@ -61,21 +61,25 @@ def test_a_fine_tune_without_its_vae_is_refused(tmp_path):
 
 @pytest.mark.parametrize("script, weights, steps", [("train_toy.py", "toy_sd15.safetensors", "--unet-steps"),
                                                     ("train_toy_flow.py", "toy_sd3.safetensors", "--steps")])
-def test_an_edit_pairs_fine_tune_encodes_its_pairs_and_trains(tmp_path, script, weights, steps):
+def test_a_pairs_fine_tune_encodes_its_pairs_and_trains(tmp_path, script, weights, steps):
     w = ROOT / "assets" / "toy" / weights
     common = ["--vae-from", w, "--init-from", w, "--scenes", 24, "--threads", 2, "--probe-every", 100]
     plain = tmp_path / "plain"  # a work folder encoded without pairs is refused, not trained as a control
     for stage in ("vae", "encode"):
         assert run(script, "--work", plain, *common, "--stage", stage).returncode == 0
-    refused = run(script, "--work", plain, *common, steps, 1, "--edit-pairs", 0.5, "--stage", "unet" if
-                  script == "train_toy.py" else "dit")
-    assert refused.returncode != 0 and "encoded without edit pairs" in refused.stderr
-    done = run(script, "--work", tmp_path / "pairs", *common, steps, 2, "--edit-pairs", 0.5, "--attn-loss", 0.005,
-               "--out", tmp_path / "export.safetensors")
+    for flag, name in (("--edit-pairs", "edit"), ("--removal-pairs", "removal")):
+        refused = run(script, "--work", plain, *common, steps, 1, flag, 0.5, "--stage", "unet" if
+                      script == "train_toy.py" else "dit")
+        assert refused.returncode != 0 and f"encoded without {name} pairs" in refused.stderr
+    done = run(script, "--work", tmp_path / "pairs", *common, steps, 2, "--edit-pairs", 0.5, "--removal-pairs", 0.5,
+               "--attn-loss", 0.005, "--out", tmp_path / "export.safetensors")
     assert done.returncode == 0, done.stderr[-3000:]
     data = torch.load(tmp_path / "pairs" / "latents.pt", weights_only=False)
     have = [i for i, v in enumerate(data["variants"]) if v is not None]
     assert len(data["variants"]) == 24 and len(have) > 12  # scenes whose objects share a shape have none
     lat, var = data["latents"].float(), data["latents_b"].float()
     assert var.shape == lat.shape and all((var[i] - lat[i]).abs().max() > 0.1 for i in have)  # encoded variants
+    gone = data["latents_r"].float()  # every scene has a removal variant
+    assert len(data["removals"]) == 24 and gone.shape == lat.shape
+    assert all((gone[i] - lat[i]).abs().max() > 0.1 for i in range(24))
     assert (tmp_path / "export.safetensors").exists()
