@@ -42,12 +42,6 @@ def recoloured(scene, index: int):
     return toy_world.recolour(scene, index, new), new
 
 
-def removed(scene, index: int):
-    """The scene without object ``index``: background where it was, the other object as it was."""
-    return toy_world.render([(o.colour, o.shape, o.center, o.half) for k, o in enumerate(scene.objects)
-                             if k != index])
-
-
 @torch.no_grad()
 def measure(model, clip, vae, scenes: int, kind: str = "alteration") -> dict[float, list[tuple[float, float, float]]]:
     if kind not in ("alteration", "removal"):
@@ -68,7 +62,7 @@ def measure(model, clip, vae, scenes: int, kind: str = "alteration") -> dict[flo
         for t in range(2):
             obj, other = scene.objects[t], scene.objects[1 - t]
             if kind == "removal":
-                variant, words, sign = removed(scene, t), obj.words, -1.0
+                variant, words, sign = toy_world.without(scene, t), obj.words, -1.0
             else:
                 variant, new = recoloured(scene, t)
                 words, sign = f"{new} {obj.shape}", 1.0

@@ -120,6 +120,11 @@ def recolour(sc: ToyScene, index: int, colour: str) -> ToyScene:
     return render([(colour if k == index else o.colour, o.shape, o.center, o.half) for k, o in enumerate(sc.objects)])
 
 
+def without(sc: ToyScene, index: int) -> ToyScene:
+    """The scene with object ``index`` drawn away: background where it was, every other object as it was."""
+    return render([(o.colour, o.shape, o.center, o.half) for k, o in enumerate(sc.objects) if k != index])
+
+
 def scene(index: int, split: str = "train", n_objects: int | None = None) -> ToyScene:
     """Scene ``index`` of a split. Two-object scenes have two different colours (so a colour word names
     one object); shapes are different in 3 of 4 scenes. ``n_objects`` None: 1 (25 %) or 2 (75 %)."""

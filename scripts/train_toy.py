@@ -427,8 +427,7 @@ def removal_variant(index: int, seed: int):
     sc = toy_world.scene(index, "train")
     rng = np.random.default_rng([seed, 8, index])  # (removal_rows() draws from [seed, 9, step])
     j = int(rng.integers(len(sc.objects)))
-    rest = [(o.colour, o.shape, o.center, o.half) for k, o in enumerate(sc.objects) if k != j]
-    return toy_world.render(rest), j, str(sc.objects[j].colour), str(sc.objects[j].shape)
+    return toy_world.without(sc, j), j, str(sc.objects[j].colour), str(sc.objects[j].shape)
 
 
 @torch.no_grad()

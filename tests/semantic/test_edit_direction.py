@@ -23,7 +23,7 @@ def test_edit_direction_measures_the_phrase_against_the_recolouring(kind):
     changed = (variant.image != scene.image).any(-1)
     assert new not in {o.colour for o in scene.objects} and variant.objects[1].colour == new
     assert changed.any() and not changed[~scene.objects[1].mask].any()
-    gone = edit_direction.removed(scene, 0)
+    gone = toy_world.without(scene, 0)
     changed = (gone.image != scene.image).any(-1)
     assert [o.words for o in gone.objects] == [scene.objects[1].words]
     assert changed.any() and not changed[~scene.objects[0].mask].any()
