@@ -2,7 +2,8 @@
 
 Stages (each resumable from its checkpoint in --work; re-running a finished stage does nothing):
 
-1. ``vae``: the AutoencoderKL on rendered scenes (L1 + L2 + 1e-6 KL).
+1. ``vae``: the AutoencoderKL on rendered scenes (L1 + L2 + 1e-6 KL), 64 px crops (scripts/tune_toy_decoder.py
+   tunes its decoder on whole scenes afterwards, the encoder and so the latents unchanged).
 2. ``encode``: encode --scenes training scenes once (posterior means), fold a scale into the VAE so that
    SD1.5's latent factor 0.18215 gives unit variance, cache latents and captions.
 3. ``unet``: the UNet and the text encoder together on the cached latents (epsilon prediction, SD1.5's

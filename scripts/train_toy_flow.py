@@ -9,7 +9,8 @@ Stages (each resumable from its checkpoint in --work; re-running a finished stag
 2. ``encode``: training scenes encoded once; a scale and per-channel offset folded into the VAE so that the
    SD3 latent format's process_in gives zero-mean, unit-variance latents (the committed model's: zero-mean,
    standard deviation 0.88, folded before train_toy.encode measured the spread after the shift); with
-   ``--edit-pairs``, each scene's recoloured variant too (train_toy.edit_variant).
+   ``--edit-pairs``, each scene's recoloured variant too (train_toy.edit_variant); with ``--removal-pairs``, each scene
+   with one object drawn away (train_toy.removal_variant).
 3. ``dit``: the MMDiT and the text encoder (started from the committed toy UNet's text encoder) together:
    rectified flow as the host samples it (x = (1 - sigma) x0 + sigma eps, the model predicts eps - x0,
    sigma drawn from the host's SD3 model sampling table, shift 3), flips/rotations, 10 % empty captions,
@@ -179,7 +180,7 @@ def train_dit(args, work: Path) -> None:
             group["lr"] = lr
         ctx, pooled = text_forward(te, train_toy.token_lists(clip, [c for c, _ in pairs]))
         v = forward(dm, xt, sigma, ms, ctx, pooled, tap)
-        loss = (v - (noise - x_tgt)).pow(2).mean()  # x_tgt: x0 but on --edit-pairs rows (train_toy.pair_target)
+        loss = (v - (noise - x_tgt)).pow(2).mean()  # x_tgt: x0 but on --edit-pairs / --removal-pairs rows (pair_target)
         total = loss
         if tap:
             maps = tap.take()
