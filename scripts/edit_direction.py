@@ -1,4 +1,4 @@
-"""Does a toy model's recolouring phrase point where an edit should go? (issue 18, --edit-pairs)
+"""Does a toy model's recolouring or removal phrase point where an edit should go? (issue 18, pairs)
 
 For validation scenes (toy_world.test_scene(i, "val"), never a test scene), each object once: the scene A and the
 same scene with that object in the colour no object has, B (what the alteration "+blue square" asks for). At a few

@@ -127,6 +127,17 @@ def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
     return x / 127.5 - 1.0
 
 
+def resume(path: Path, module, opt) -> tuple[int, float]:
+    """(step, minutes) of a stage's checkpoint ``path`` (its "model" and "opt" loaded into ``module`` and ``opt``), or
+    (0, 0.0) where there is none yet."""
+    if not path.exists():
+        return 0, 0.0
+    ck = torch.load(path, weights_only=False)
+    module.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["opt"])
+    return ck["step"], ck["minutes"]
+
+
 def save_ckpt(path: Path, **state) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -254,12 +265,7 @@ def train_vae(args, work: Path) -> None:
         return
     ae = new_vae_module(seed=args.seed, config=getattr(args, "vae_config", None)).to(args.device)
     opt = torch.optim.Adam(ae.parameters(), lr=5e-4)
-    step, minutes = 0, 0.0
-    if path.exists():
-        ck = torch.load(path, weights_only=False)
-        ae.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        step, minutes = ck["step"], ck["minutes"]
+    step, minutes = resume(path, ae, opt)
     if step >= args.vae_steps:
         return
     from tqdm import tqdm

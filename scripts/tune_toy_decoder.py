@@ -95,12 +95,7 @@ def tune(args, sd: dict, config) -> tuple[dict, dict]:
     opt = torch.optim.Adam(params, lr=args.lr)
     args.work.mkdir(parents=True, exist_ok=True)
     path = args.work / "decoder.pt"
-    step, minutes = 0, 0.0
-    if path.exists():
-        ck = torch.load(path, weights_only=False)
-        ae.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        step, minutes = ck["step"], ck["minutes"]
+    step, minutes = train_toy.resume(path, ae, opt)
     t0 = time.time()
     ae.encoder.eval()
     ae.decoder.train()
