@@ -45,11 +45,18 @@ SOURCE_SCALE = 3.5  # the inversion's source (caption) guidance; a prompt edit's
 REMOVE = {"scale": 25.0, "threshold": 0.9}
 ALTER = {"scale": 40.0, "threshold": 0.8}
 
+SWAP = {"cross_replace": 0.8, "self_replace": 0.4}
+# The swap's guidance. At the inversion's source scale (3.5) a swapped word moves this model's prediction too
+# little to recolour anything (median 0.0 over the test scenes); a sweep of 10 / 20 / 30 found 20 best (13 of
+# 20 scenes recoloured, the other object kept 0.97; at 30 it suffers, 0.87). Away from the source scale an
+# unchanged caption no longer gives the photo back exactly, so that check stays at SOURCE_SCALE.
+SWAP_SCALE = 20.0
+
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """The edit settings of one toy model: the inversion's, the removal's and the alteration's; ``swap`` whether
-    the Prompt Edit is measured (the pack's Prompt Edit takes UNets only)."""
+    the Prompt Edit is measured (the pack's Prompt Edit takes UNets only), ``swap_scale`` its guidance scale."""
 
     steps: int
     skip: float
@@ -58,6 +65,7 @@ class Settings:
     remove: dict
     alter: dict
     swap: bool = True
+    swap_scale: float = SWAP_SCALE
 
 
 # "sd15": the toy UNet, the settings above (README: chosen on the test scenes before issue 18; the validation sweep
@@ -348,7 +356,8 @@ def evaluate_scene(pack: Pack, model, clip, vae, scene, target_index: int = 0, m
     two = two_in_one(pack, model, clip, vae, inv, before_img, scene, target_index, s)
     fig.update({k: v for k, v in two.items() if k != "image"})
     if with_swap and s.swap:
-        fig.update(swap(pack, model, clip, vae, scene, inv, latent, before_img, target_index, same_caption))
+        fig.update(swap(pack, model, clip, vae, scene, inv, latent, before_img, target_index, same_caption,
+                        s.swap_scale))
     fig["_images"] = {"input": before_img, "removed": rm["image"], "altered": alt["image"], "two": two["image"]}
     if not (with_swap and s.swap):
         fig["_swap_image"] = np.full_like(before_img, 255.0)  # the grid's prompt-edit panel, left blank
@@ -416,12 +425,6 @@ def describe(fig: dict) -> list[str]:
     return lines
 
 
-SWAP = {"cross_replace": 0.8, "self_replace": 0.4}
-# The swap's guidance. At the inversion's source scale (3.5) a swapped word moves this model's prediction too
-# little to recolour anything (median 0.0 over the test scenes); a sweep of 10 / 20 / 30 found 20 best (13 of
-# 20 scenes recoloured, the other object kept 0.97; at 30 it suffers, 0.87). Away from the source scale an
-# unchanged caption no longer gives the photo back exactly, so that check stays at SOURCE_SCALE.
-SWAP_SCALE = 20.0
 
 
 def swap_caption(scene, target_index: int = 0) -> tuple[str, str]:
@@ -433,9 +436,9 @@ def swap_caption(scene, target_index: int = 0) -> tuple[str, str]:
 
 
 def swap(pack: Pack, model, clip, vae, scene, inversion, latent, before_img, target_index: int = 0,
-         same_caption: bool = True) -> dict:
+         same_caption: bool = True, scale: float = SWAP_SCALE) -> dict:
     """Prompt-to-Prompt word swap on an inversion made with the scene's caption as its source ("a red circle
-    and a blue square" -> "a green circle and a blue square", at SWAP_SCALE): new-colour pixels rise inside the
+    and a blue square" -> "a green circle and a blue square", at ``scale``): new-colour pixels rise inside the
     target / elsewhere, the other object's colour pixels kept, and the same caption as target (at the inversion's
     source scale) gives the photo back."""
     target, other = scene.objects[target_index], scene.objects[1 - target_index]
@@ -445,22 +448,23 @@ def swap(pack: Pack, model, clip, vae, scene, inversion, latent, before_img, tar
         same = pack.prompt.make_prompt_edit(clip, scene.caption, scene.caption, scale=SOURCE_SCALE, **SWAP)
         out_same, _ = pack.sampler.run_edit(model, inversion, None, "intersect", same)
         fig["swap_same_caption_error"] = float((out_same - latent).abs().max())
-    edit_ = pack.prompt.make_prompt_edit(clip, scene.caption, new_caption, scale=SWAP_SCALE, **SWAP)
+    edit_ = pack.prompt.make_prompt_edit(clip, scene.caption, new_caption, scale=scale, **SWAP)
     out, _ = pack.sampler.run_edit(model, inversion, None, "intersect", edit_)
     alt = alteration(vae, out, before_img, target, new, other)
-    fig.update(swap_blend(pack, model, clip, vae, scene, inversion, latent, target_index))
+    fig.update(swap_blend(pack, model, clip, vae, scene, inversion, latent, target_index, scale))
     return {**fig, "swap_caption": new_caption, "swap_rise_ratio": alt["rise_ratio"], "swap_rise_in": alt["rise_in"],
             "swap_other_kept": alt["other_kept"], "swap_covered": covered(alt["image"], target, new),
             "_swap_image": alt["image"]}
 
 
-def swap_blend(pack: Pack, model, clip, vae, scene, inversion, latent, target_index: int = 0) -> dict:
+def swap_blend(pack: Pack, model, clip, vae, scene, inversion, latent, target_index: int = 0,
+               scale: float = SWAP_SCALE) -> dict:
     """The same swap with a local blend on the words it changes and the object's shape word ("red green circle"):
     outside the final blend mask the result must be the photo's latent exactly; how much of the latent and of the
     other object that is, and the new colour's share of the object."""
     target, other = scene.objects[target_index], scene.objects[1 - target_index]
     new_caption, new = swap_caption(scene, target_index)
-    edit_ = pack.prompt.make_prompt_edit(clip, scene.caption, new_caption, scale=SWAP_SCALE,
+    edit_ = pack.prompt.make_prompt_edit(clip, scene.caption, new_caption, scale=scale,
                                          blend_words=f"{target.colour} {new} {target.shape}", **SWAP)
     out, masks = pack.sampler.run_edit(model, inversion, None, "intersect", edit_)
     blend = masks.stack("final", 0, masks.steps - 1, masks.steps - 1)[:1, None]  # (1, 1, h, w) in {0, 1}
@@ -532,6 +536,15 @@ class Helper:
         self.dir.cleanup()
 
 
+def scale_threshold(text: str) -> dict:
+    """"25,0.9" -> {"scale": 25.0, "threshold": 0.9} (a concept edit's settings on the command line)."""
+    try:
+        scale, threshold = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"expected SCALE,THRESHOLD such as 25,0.9, not {text!r}") from None
+    return {"scale": scale, "threshold": threshold}
+
+
 def main(argv=None) -> int:
     """Every figure over held-out scenes, their medians, and optionally the picture of every edit."""
     import argparse
@@ -553,17 +566,30 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="sd15", choices=MODELS, help="the toy UNet or the toy flow transformer")
     p.add_argument("--grid", type=Path, help="write input | removal | alteration | two in one | prompt edit, a row "
                                              "per scene (docs/toy_test_scenes.png)")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="weights of --model's kind other than the committed ones (a training run's export)")
+    p.add_argument("--remove", type=scale_threshold, default=None, metavar="SCALE,THRESHOLD",
+                   help="the removal's scale and threshold instead of the model's SETTINGS (a candidate's, chosen on "
+                        "the validation scenes)")
+    p.add_argument("--alter", type=scale_threshold, default=None, metavar="SCALE,THRESHOLD",
+                   help="the alteration's, likewise")
+    p.add_argument("--swap-scale", type=float, default=None, help="the Prompt Edit swap's scale, likewise")
     args = p.parse_args(argv)
+    settings = SETTINGS[args.model]
+    changes = {k: v for k, v in (("remove", args.remove), ("alter", args.alter), ("swap_scale", args.swap_scale))
+               if v is not None}
+    settings = dataclasses.replace(settings, **changes)
+    print(f"{args.model} ({args.weights or 'committed weights'}): {settings}", flush=True)
     hostenv.import_host()
     pack = Pack.load()
-    model, clip, vae = load(args.model)
+    model, clip, vae = load(args.model, args.weights)
     figures = []
     for i in range(args.first, args.first + args.scenes):
         targets = {"both": (0, 1), "first": (0,), "drawn": (toy_world.test_target(i, args.split),)}[args.targets]
         for target in targets:
             fig = evaluate_scene(pack, model, clip, vae, toy_world.test_scene(i, args.split), target,
                                  same_caption=i < args.exact_below, reconstruction=i < args.exact_below,
-                                 settings=SETTINGS[args.model])
+                                 settings=settings)
             fig["success"] = successes(fig)
             print(f"scene {i} ({args.split}, object {target}): {fig['scene']}\n  " + "\n  ".join(describe(fig))
                   + f"\n  succeeded: {fig['success']}", flush=True)

@@ -83,6 +83,11 @@ def common_args(p: argparse.ArgumentParser, stages: list[str], work: str, out: P
                         "edit-shaped target: a scene noised, the phrase '<new colour> <shape>' as the prompt, and as the "
                         "target the same scene with that object in the new colour (edit_variant(), pair_target()); "
                         "0: the committed recipe")
+    p.add_argument("--caption-edits", type=float, default=0.0,
+                   help="share of the --edit-pairs rows whose prompt is the whole caption of the target scene ('a "
+                        "green circle and a blue square' on the scene with the red circle, the words in a random "
+                        "order) instead of the phrase: the edit a Prompt Edit's word swap asks for (edit_rows()); 0: "
+                        "the phrase always")
     p.add_argument("--removal-pairs", type=float, default=0.0,
                    help="share of the training rows (of those --edit-pairs leaves) that learn a removal-shaped "
                         "target: a scene noised, the phrase '<colour> <shape>' naming one of its objects as the "
@@ -467,16 +472,20 @@ def encode_variants(args, ae, n: int, removal: bool = False):
     return variants, out
 
 
-def edit_rows(args, step: int, idx, variants) -> dict[int, tuple[str, str, list[int], int]]:
+def edit_rows(args, step: int, idx, variants, objects=None) -> dict[int, tuple[str, str, list[int], int]]:
     """``--edit-pairs P``: which rows of a step's batch train an edit-shaped target instead of their caption. Each row
     whose scene has a variant (edit_variant()) is picked with probability P, from its own seed sequence (the rest of
     the batch is drawn as without it), in one of the two directions at random: the scene to its variant ("to", its
     object's new colour named) or the variant back to the scene ("back", the old colour named). Returns {row: (kind,
     phrase, token positions of its two words, object)}; the phrase is what a user types, "blue square" or "a blue
-    square"."""
+    square". With ``--caption-edits F`` and the scenes' ``objects`` ([(colour, shape), ...] per training scene), a
+    share F of those rows (its own seed sequence again) takes instead the whole caption of the scene the row goes to
+    (edit_caption()), as a Prompt Edit's target caption names the edited scene."""
     if getattr(args, "edit_pairs", 0.0) <= 0 or variants is None:
         return {}
     rng = np.random.default_rng([args.seed, 7, step])
+    whole = getattr(args, "caption_edits", 0.0)
+    rng_caption = np.random.default_rng([args.seed, 10, step]) if whole > 0 and objects is not None else None
     out = {}
     for b, i in enumerate(idx):
         v = variants[int(i)]
@@ -487,7 +496,24 @@ def edit_rows(args, step: int, idx, variants) -> dict[int, tuple[str, str, list[
         words = f"{new if forward else old} {shape}"
         kind = "to" if forward else "back"
         out[b] = (kind, words, [1, 2], j) if rng.random() < 0.5 else (kind, f"a {words}", [2, 3], j)
+        if rng_caption is not None and rng_caption.random() < whole:
+            scene = [tuple(o) for o in objects[int(i)]]
+            if forward:
+                scene[j] = (new, shape)
+            out[b] = (kind, *edit_caption(rng_caption, scene, j), j)
     return out
+
+
+def edit_caption(rng, objects, j: int) -> tuple[str, list[int]]:
+    """The full caption of a scene ``objects`` [(colour, shape), ...] in a random order ("a green circle and a blue
+    square"), and the token positions of object ``j``'s two words in it (position 0: the start token)."""
+    tokens, positions = [], []
+    for k, i in enumerate(rng.permutation(len(objects))):
+        tokens += (["and"] if k else []) + ["a"]
+        if int(i) == j:
+            positions = [1 + len(tokens), 2 + len(tokens)]
+        tokens += list(objects[int(i)])
+    return " ".join(tokens), positions
 
 
 def removal_rows(args, step: int, idx, removals, taken: dict) -> dict[int, tuple[str, str, list[int], int]]:
@@ -663,7 +689,13 @@ def recolour_phrase(rng, objects):
 
 
 def check_fine_tune(args) -> None:
-    """--init-from fine-tunes a model on its own latents: its VAE must come with it (--vae-from the same file)."""
+    """--init-from fine-tunes a model on its own latents: its VAE must come with it (--vae-from the same file); and
+    --caption-edits is a share of the --edit-pairs rows, so it needs them."""
+    if not 0 <= getattr(args, "caption_edits", 0.0) <= 1:
+        raise SystemExit(f"--caption-edits {args.caption_edits}: a share of the --edit-pairs rows, from 0 to 1")
+    if getattr(args, "caption_edits", 0.0) > 0 and getattr(args, "edit_pairs", 0.0) <= 0:
+        raise SystemExit("--caption-edits is a share of the --edit-pairs rows: give --edit-pairs too (e.g. "
+                         "--edit-pairs 0.5 --caption-edits 0.5)")
     if getattr(args, "init_from", None) is not None and args.vae_from is None:
         raise SystemExit(f"--init-from {args.init_from} needs --vae-from {args.init_from}: the fine-tune keeps the "
                          "VAE's scale, so it must be the VAE the model was trained with")
@@ -834,7 +866,7 @@ def train_unet(args, work: Path) -> None:
         te.train()
         rng = np.random.default_rng([args.seed, 2, step])
         idx = rng.integers(0, latents.shape[0], size=args.batch)
-        edits = edit_rows(args, step, idx, variants)
+        edits = edit_rows(args, step, idx, variants, data["objects"])
         edits.update(removal_rows(args, step, idx, removals, edits))
         x0, x_tgt, cover = batch_latents(latents, (latents_b, latents_r), idx, edits, rng, cells)
         words_rng = np.random.default_rng([args.seed, 5, step])  # --shape-only's own stream

@@ -164,7 +164,7 @@ def train_dit(args, work: Path) -> None:
         te.train()
         rng = np.random.default_rng([args.seed, 3, step])
         idx = rng.integers(0, latents.shape[0], size=args.batch)
-        edits = train_toy.edit_rows(args, step, idx, variants)
+        edits = train_toy.edit_rows(args, step, idx, variants, data["objects"])
         edits.update(train_toy.removal_rows(args, step, idx, removals, edits))
         x0, x_tgt, cover = train_toy.batch_latents(latents, (latents_b, latents_r), idx, edits, rng, cells)
         words_rng = np.random.default_rng([args.seed, 5, step])  # --shape-only's own stream

@@ -272,6 +272,36 @@ def test_edit_rows_name_the_new_colour_forward_and_the_old_one_back():
     assert pairs[1] == (rows[1][1], [(1, rows[1][2])])  # the phrase, on the edited object
 
 
+def test_caption_edits_give_the_whole_caption_of_the_scene_a_row_goes_to():
+    variants = [None, (1, "red", "blue", "square"), (0, "green", "red", "circle")]
+    objects = [[("red", "circle")], [("green", "circle"), ("red", "square")], [("green", "circle"), ("blue", "square")]]
+    idx = np.array([0, 1, 2, 1, 2, 1, 2, 1] * 8)
+    phrases = train_toy.edit_rows(types.SimpleNamespace(edit_pairs=1.0, seed=0), 3, idx, variants, objects)
+    every = types.SimpleNamespace(edit_pairs=1.0, caption_edits=1.0, seed=0)
+    rows = train_toy.edit_rows(every, 3, idx, variants, objects)
+    assert set(rows) == set(phrases)  # the same rows and kinds: only their prompts change
+    orders = set()
+    for b, (kind, caption, positions, obj) in rows.items():
+        j, old, new, shape = variants[idx[b]]
+        assert kind == phrases[b][0] and obj == j
+        goes_to = [list(o) for o in objects[idx[b]]]
+        if kind == "to":
+            goes_to[j] = [new, shape]
+        parts = caption.split(" and ")
+        assert sorted(p.split()[1:] for p in parts) == sorted(goes_to)  # the target scene's caption, every object
+        words = caption.split()
+        assert [words[p - 1] for p in positions] == goes_to[j]
+        orders.add(parts[0].endswith(shape))
+    assert orders == {True, False}  # the edited object first and last
+    half = train_toy.edit_rows(types.SimpleNamespace(edit_pairs=1.0, caption_edits=0.5, seed=0), 3, idx, variants,
+                               objects)
+    whole = sum(" and " in c for _, c, _, _ in half.values())
+    assert 0.3 < whole / len(half) < 0.7
+    assert train_toy.edit_rows(every, 3, idx, variants) == phrases  # no objects given: the phrases
+    with pytest.raises(SystemExit, match="--edit-pairs"):
+        train_toy.check_fine_tune(types.SimpleNamespace(caption_edits=0.5, edit_pairs=0.0, init_from=None))
+
+
 def test_removal_variant_takes_one_object_away_and_leaves_the_rest():
     import toy_world
 

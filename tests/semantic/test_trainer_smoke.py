@@ -71,8 +71,10 @@ def test_a_pairs_fine_tune_encodes_its_pairs_and_trains(tmp_path, script, weight
         refused = run(script, "--work", plain, *common, steps, 1, flag, 0.5, "--stage", "unet" if
                       script == "train_toy.py" else "dit")
         assert refused.returncode != 0 and f"encoded without {name} pairs" in refused.stderr
+    refused = run(script, "--work", plain, *common, steps, 1, "--caption-edits", 0.5)
+    assert refused.returncode != 0 and "give --edit-pairs too" in refused.stderr
     done = run(script, "--work", tmp_path / "pairs", *common, steps, 2, "--edit-pairs", 0.5, "--removal-pairs", 0.5,
-               "--attn-loss", 0.005, "--out", tmp_path / "export.safetensors")
+               "--caption-edits", 0.5, "--attn-loss", 0.005, "--out", tmp_path / "export.safetensors")
     assert done.returncode == 0, done.stderr[-3000:]
     data = torch.load(tmp_path / "pairs" / "latents.pt", weights_only=False)
     have = [i for i, v in enumerate(data["variants"]) if v is not None]
