@@ -538,10 +538,12 @@ class Helper:
 
 def scale_threshold(text: str) -> dict:
     """"25,0.9" -> {"scale": 25.0, "threshold": 0.9} (a concept edit's settings on the command line)."""
+    import argparse
+
     try:
         scale, threshold = (float(v) for v in text.split(","))
     except ValueError:
-        raise ValueError(f"expected SCALE,THRESHOLD such as 25,0.9, not {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected SCALE,THRESHOLD such as 25,0.9, not {text!r}") from None
     return {"scale": scale, "threshold": threshold}
 
 

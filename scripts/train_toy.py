@@ -507,13 +507,19 @@ def edit_rows(args, step: int, idx, variants, objects=None) -> dict[int, tuple[s
 def edit_caption(rng, objects, j: int) -> tuple[str, list[int]]:
     """The full caption of a scene ``objects`` [(colour, shape), ...] in a random order ("a green circle and a blue
     square"), and the token positions of object ``j``'s two words in it (position 0: the start token)."""
-    tokens, positions = [], []
-    for k, i in enumerate(rng.permutation(len(objects))):
+    caption, named = ordered_caption(rng.permutation(len(objects)), [list(o) for o in objects])
+    return caption, dict(named)[j]
+
+
+def ordered_caption(order, mentions) -> tuple[str, list[tuple[int, list[int]]]]:
+    """"a <words> and a <words>" over the objects in ``order``, ``mentions[i]`` the words naming object i: (caption,
+    [(object, its words' token positions)]), position 0 being the start token."""
+    tokens, named = [], []
+    for k, i in enumerate(order):
         tokens += (["and"] if k else []) + ["a"]
-        if int(i) == j:
-            positions = [1 + len(tokens), 2 + len(tokens)]
-        tokens += list(objects[int(i)])
-    return " ".join(tokens), positions
+        named.append((int(i), list(range(1 + len(tokens), 1 + len(tokens) + len(mentions[int(i)])))))
+        tokens += mentions[int(i)]
+    return " ".join(tokens), named
 
 
 def removal_rows(args, step: int, idx, removals, taken: dict) -> dict[int, tuple[str, str, list[int], int]]:
@@ -662,13 +668,8 @@ def caption_with_positions(rng, objects, shape_only: float = 0.0, rng_words=None
         words = mention(i)
         return " ".join(lead + words), [(i, list(range(1 + len(lead), 1 + len(lead) + len(words))))]
     order = rng.permutation(len(objects))
-    tokens, named = [], []
-    for k, i in enumerate(order):
-        tokens += (["and"] if k else []) + ["a"]
-        words = mention(int(i))
-        named.append((int(i), list(range(1 + len(tokens), 1 + len(tokens) + len(words)))))
-        tokens += words
-    return " ".join(tokens), named
+    mentions = {int(i): mention(int(i)) for i in order}  # drawn in the caption's order, as they always were
+    return ordered_caption(order, mentions)
 
 
 def recolour_phrase(rng, objects):
