@@ -79,8 +79,8 @@ class LeditsConceptEdit(io.ComfyNode):
                 io.String.Input("text", multiline=True, default="",
                                 tooltip="What to add (or remove, with 'reverse'), in a few words: 'sunglasses'."),
                 io.Float.Input("scale", default=5.0, min=0.0, max=100.0, step=0.1,
-                               tooltip="Edit strength. 3-15 is typical for SD checkpoints; a model whose text "
-                                       "moves the image less (the toy demo model) needs 25-40. 0 turns the "
+                               tooltip="Edit strength. 3-15 is typical for SD checkpoints (the toy demo model: 5-7); a "
+                                       "model whose text moves the image less needs more, up to 100. 0 turns the "
                                        "concept off."),
                 io.Float.Input("threshold", default=0.9, min=0.0, max=1.0, step=0.01,
                                tooltip="How much of the image the edit may touch: 0.9 = the 10% most relevant "

@@ -224,8 +224,9 @@ def toy_defaults(args):
         scene.pil().save(args.image)
         args.source = args.source if args.source is not None else scene.caption
         new = toy_eval.new_colour_for(scene)
-        if not args.edit:
+        if not args.edit:  # the tested edits, as the semantic tests run them
             args.each = True
+            args.keep_photo = args.keep_photo or toy_eval.KEEP_PHOTO
         edits = args.edit or [f"-{target.words}:{toy_eval.REMOVE['scale']:g}:{toy_eval.REMOVE['threshold']:g}",
                               f"+{new} {target.shape}:{toy_eval.ALTER['scale']:g}:{toy_eval.ALTER['threshold']:g}"]
         return (scene, target_index), edits

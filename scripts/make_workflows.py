@@ -160,7 +160,8 @@ TOY_TITLE = "LEDITS++: try it without a checkpoint (toy model, coloured shapes)"
 
 def toy_settings():
     """(caption, concepts) of the toy workflow: scripts/ledits_edit.py's demo, on toy_world.demo_scene() (a drawn
-    scene, never used in training) at toy_eval's REMOVE and ALTER (the semantic tests' settings)."""
+    scene, never used in training) at toy_eval's REMOVE and ALTER (the semantic tests' settings); its samplers keep
+    the photo outside the masks as the tests do (toy_eval.KEEP_PHOTO, toy_workflow())."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import toy_eval
     import toy_world
@@ -172,10 +173,16 @@ def toy_settings():
                            (new, toy_eval.ALTER["scale"], toy_eval.ALTER["threshold"], False)]
 
 
-def toy_workflow(caption, concepts, steps=20, seed=7):
+def toy_workflow(caption, concepts, steps=20, seed=7, keep_photo=None):
     """The toy model (LEDITS Toy Model node) on a held-out toy scene: its caption as the inversion's source, then
     one removal and one alteration of the same object, each with its own sampler on the one inversion (on this
-    small model two concepts in one sampler interfere), each result saved and its mask shown over the scene."""
+    small model two concepts in one sampler interfere), each result saved and its mask shown over the scene.
+    ``keep_photo``: the samplers' keep_photo_outside_masks (default toy_eval.KEEP_PHOTO, as the semantic tests)."""
+    if keep_photo is None:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import toy_eval
+
+        keep_photo = toy_eval.KEEP_PHOTO
     g = Graph()
     loader = g.add("LeditsToyModel", (20, 40), [], size=(320, 120))
     image = g.add("LoadImage", (20, 200), [TOY_SCENE_NAME, "image"], size=(320, 320))
@@ -188,7 +195,7 @@ def toy_workflow(caption, concepts, steps=20, seed=7):
         y = 40 + 420 * i
         concept = g.add("LeditsConceptEdit", (740, y), [text, scale, threshold, reverse, 0.0, 1.0],
                         [("clip", (loader, 1))], size=(320, 310))
-        sampler = g.add("LeditsSampler", (1100, y), ["intersect", False], [("model", (loader, 0)),
+        sampler = g.add("LeditsSampler", (1100, y), ["intersect", keep_photo], [("model", (loader, 0)),
                                                                    ("inversion", (inversion, 0)),
                                                                    ("concepts", (concept, 0))], size=(300, 330))
         decoded = g.add("VAEDecode", (1100, y + 350), [], [("samples", (sampler, 0)), ("vae", (loader, 2))],

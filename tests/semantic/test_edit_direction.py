@@ -1,8 +1,8 @@
 """scripts/edit_direction.py on both committed toy models: the recoloured scene it compares against differs from the
 scene only in the edited object, and the figures are what they say (a cosine, a size, an energy ratio per noise
-level and run). On the committed models the recolouring phrase barely moves the prediction (assets/toy/README.md:
-medians 0.01 and 0.07 of
-the recolouring at the middle noise level)."""
+level and run). On the committed flow transformer the recolouring phrase barely moves the prediction (median 0.07
+of the recolouring at the middle noise level, assets/toy/README.md); the committed UNet, fine-tuned on edit-shaped
+targets, follows it (the first UNet weights: 0.01)."""
 
 import numpy as np
 import pytest
@@ -37,5 +37,9 @@ def test_edit_direction_measures_the_phrase_against_the_recolouring(kind):
             assert (np.abs(v[:, 0]) <= 1 + 1e-5).all() and (v[:, 1:] > 0).all()
     with pytest.raises(ValueError, match="kind must be"):
         edit_direction.measure(model, clip, vae, 1, "swap")
-    # the committed models, at the middle noise level: the phrase hardly moves the prediction (medians 0.01 / 0.07)
-    assert (np.array(figs[0.6])[:, 1] < 0.3).all()
+    mid = np.array(figs[0.6])  # the middle noise level: (runs, (cos, size, energy object / other))
+    print(f"\n[edit direction] {kind}: cos {mid[:, 0]}, size {mid[:, 1]}, object / other {mid[:, 2]}")
+    if kind == "sd3":  # the committed flow transformer: the phrase hardly moves the prediction
+        assert (mid[:, 1] < 0.3).all()
+    else:  # the committed UNet: the phrase points at the recoloured scene, on the object
+        assert (mid[:, 0] > 0.5).all() and (mid[:, 1] > 0.3).all() and (mid[:, 2] > 3).all()

@@ -16,10 +16,10 @@ N_SCENES = 20
 FIRST_SCENE = 0
 EXACT_SCENES = 5  # the exactness checks (reconstruction, same-caption prompt edit) on the first ones (time)
 # Which object of each scene is edited, per model (issue 18: drawn per scene, toy_world.test_target, not always the
-# first-named one). The toy flow transformer is measured on the drawn object. The toy UNet stays on the first-named
-# object, as its figures' targets were set on: with the drawn one its removal median falls to 0.23, below its 0.5
-# (assets/toy/README.md), so its switch waits for a model that earns it; scripts/toy_eval.py --targets measures both.
-TARGETS = {"sd15": "first", "sd3": "drawn"}
+# first-named one): the drawn one on both models. (The toy UNet's first weights were measured on the first-named
+# object, with the drawn one their removal median fell below its target; the fine-tuned UNet reaches every median
+# target with the drawn object: assets/toy/README.md. scripts/toy_eval.py --targets measures either.)
+TARGETS = {"sd15": "drawn", "sd3": "drawn"}
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +66,10 @@ def figures(toy):
 
 
 # Targets the toy flow transformer does not reach yet (test scenes, the drawn object, toy_eval.SETTINGS["sd3"];
-# assets/toy/README.md): M1 on the object 0.38 (target 0.75) and the attention ratio 2.2 (2.5), measured as the
-# mean over the removal's steps, where the object is gone after the first few; the alteration's rise 0 (3); masks
-# matter 0.51 (0.5). Their tests are skipped on it, naming this; the figures are printed by scripts/toy_eval.py.
-FLOW_NOT_REACHED = {"m1_share", "ratio_both", "rise_ratio", "outside_intersect_over_none"}
+# assets/toy/README.md): the alteration's rise 0 (3); masks matter 0.51 (0.5). Their tests are skipped on it, naming
+# this; the figures are printed by scripts/toy_eval.py. (Its localisation, on the photo's trajectory, is reached:
+# M1 0.93, ratio 19; over the removal's own steps, where the object is gone after the first few, 0.38 and 2.2.)
+FLOW_NOT_REACHED = {"rise_ratio", "outside_intersect_over_none"}
 
 
 def reached(figures, toy, key):
@@ -110,6 +110,9 @@ def counts(figures):
 
 def summary(figures, key, worst="min"):
     values = np.array([f[key] for f in figures if key in f], dtype=np.float64)
+    if not len(values):  # a figure this model does not have (the flow transformer's maps come summed over words)
+        print(f"\n[semantic] {key}: not measured on this model")
+        return float("nan")
     med = float(np.median(values))
     bad = float(values.min() if worst == "min" else values.max())
     print(f"\n[semantic] {key}: median {med:.4g}, worst {bad:.4g} over {len(values)} scenes")
@@ -117,15 +120,18 @@ def summary(figures, key, worst="min"):
 
 
 def test_localisation_m1_on_the_object(figures, toy):
+    """On the photo's own trajectory (toy_eval.LOCALISATION_SCALE); over the removal's steps printed only: a removal
+    that lands leaves nothing to point at."""
     reached(figures, toy, "m1_share")
-    for key in ("m1_share_colour", "m1_share_shape"):
+    for key in ("m1_share_colour", "m1_share_shape", "m1_share_removal"):
         summary(figures, key)
+    summary(figures, "localisation_drift", worst="max")
     assert summary(figures, "m1_share") >= 0.75
 
 
 def test_localisation_attention_ratio(figures, toy):
     reached(figures, toy, "ratio_both")
-    for key in ("ratio_colour", "ratio_shape"):
+    for key in ("ratio_colour", "ratio_shape", "ratio_both_removal"):
         summary(figures, key)
     assert summary(figures, "ratio_both") >= 2.5
 
@@ -187,9 +193,9 @@ def test_prompt_edit_local_blend_keeps_the_photo_outside_its_mask(figures, unet_
 
 
 def test_the_toy_workflow_uses_the_tested_settings():
-    """example_workflows/ledits_toy_shapes.json edits at the scales and thresholds these tests measure, on the
-    headless demo's scene and object (scripts/ledits_edit.py: toy_world.demo_scene(), drawn), with the demo's
-    edits."""
+    """example_workflows/ledits_toy_shapes.json edits at the scales and thresholds these tests measure, its samplers
+    keeping the photo outside the masks as these tests do (toy_eval.KEEP_PHOTO), on the headless demo's scene and
+    object (scripts/ledits_edit.py: toy_world.demo_scene(), drawn), with the demo's edits."""
     import json
     from pathlib import Path
 
@@ -202,6 +208,8 @@ def test_the_toy_workflow_uses_the_tested_settings():
     settings = {bool(reverse): {"scale": scale, "threshold": threshold}
                 for _text, scale, threshold, reverse, *_ in concepts}
     assert settings == {True: toy_eval.REMOVE, False: toy_eval.ALTER}
+    samplers = [n["widgets_values"] for n in workflow["nodes"] if n["type"] == "LeditsSampler"]
+    assert len(samplers) == 2 and all(v[:2] == ["intersect", toy_eval.KEEP_PHOTO] for v in samplers)
     assert inversion[:2] == [toy_eval.STEPS, toy_eval.SKIP] and inversion[6] == toy_eval.SOURCE_SCALE
     # the workflow edits the demo's scene, with its caption as the source, and the demo's drawn object
     scene, target = toy_world.demo_scene()
