@@ -56,7 +56,7 @@ LOCALISATION_SCALE = 1e-3
 
 SWAP = {"cross_replace": 0.8, "self_replace": 0.4}
 # The swap's guidance, chosen on the same validation runs: scale 5 / 10 recolour 13 / 7 of 20 (the first weights
-# needed 20, where this model's swap lands 5 of 20 or fewer). Away from the source scale (3.5) an unchanged caption
+# needed 20; scale 20 was not swept on these). Away from the source scale (3.5) an unchanged caption
 # no longer gives the photo back exactly, so that check stays at SOURCE_SCALE.
 SWAP_SCALE = 5.0
 

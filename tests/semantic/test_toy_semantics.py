@@ -88,8 +88,9 @@ def unet_only(toy):
 
 def counts(figures):
     """Per-scene success (issue 18's measure, toy_eval.SUCCESS), printed: how often each edit lands (the issue's
-    16 of 20, 12 of 20 for two in one, are not reached by the committed models: assets/toy/README.md), and the
-    two-in-one medians."""
+    16 of 20 for each edit, 12 of 20 for two in one: the toy UNet's Prompt Edit swap reaches it, its removal,
+    alteration and two in one and the flow transformer's edits do not: assets/toy/README.md), and the two-in-one
+    medians."""
     import toy_eval
 
     for kind in toy_eval.SUCCESS:
@@ -125,8 +126,15 @@ def test_localisation_m1_on_the_object(figures, toy):
     reached(figures, toy, "m1_share")
     for key in ("m1_share_colour", "m1_share_shape", "m1_share_removal"):
         summary(figures, key)
-    summary(figures, "localisation_drift", worst="max")
     assert summary(figures, "m1_share") >= 0.75
+
+
+def test_localisation_run_stays_on_the_photo(figures):
+    """The localisation figures' premise: the concept at toy_eval.LOCALISATION_SCALE leaves the latent where the
+    photo's trajectory puts it (worst 0.007 on the UNet, 0.002 on the flow transformer; the latents have unit
+    variance), so its masks are the words' on the photo, not on an edit."""
+    summary(figures, "localisation_drift", worst="max")
+    assert max(f["localisation_drift"] for f in figures) <= 0.05
 
 
 def test_localisation_attention_ratio(figures, toy):
@@ -153,7 +161,7 @@ def test_alteration_recolours_the_object(figures, toy):
     reached(figures, toy, "rise_ratio")
     summary(figures, "rise_in")
     summary(figures, "rise_out", worst="max")
-    summary(figures, "alter_other_kept")  # printed only: at this scale the edit sometimes wipes the scene
+    summary(figures, "alter_other_kept")  # printed only: without keep-photo the edit can change the other object
     assert summary(figures, "rise_ratio") >= 3.0
 
 
