@@ -38,15 +38,15 @@ SKIP = 0.15
 SEED = 7
 SOURCE_SCALE = 3.5  # the inversion's source (caption) guidance; a prompt edit's scale must equal it
 # The toy UNet's edit settings, chosen on validation scenes 0-9 only (each object once: 20 runs a setting;
-# scripts/toy_sweep.py, record assets/toy/runs/2026-12-08_one_run.json), never on the test scenes. The model was
-# taught edit-shaped targets (assets/toy/README.md), so its edits need SD's usual scales, not the 25-40 its first
-# weights did. Removal: scale 3 / 5 / 7 / 10 / 15 at threshold 0.9 land 5 / 6 / 9 / 8 / 6 of 20, with the
-# sampler's keep_photo_outside_masks 7 / 10 at 0.9 land 14 / 13. Alteration: 2 / 3 / 5 at 0.8 and 0.9 land 4-6 of 20,
-# with keep-photo 3 / 5 / 7 / 10 at 0.8 / 0.9 / 0.95 land 3-9, best 9 at 5 / 0.9 (and at 10 / 0.9; the smaller
-# scale taken). Without keep-photo the caption (the inversion's source, guiding every step) paints the edited
-# object's old colour onto the other object, outside the masks; keep-photo puts the photo back there.
-REMOVE = {"scale": 7.0, "threshold": 0.9}
-ALTER = {"scale": 5.0, "threshold": 0.9}
+# scripts/toy_sweep.py, records assets/toy/runs/2026-12-08_one_run.json and 2026-12-08_second_fine_tune.json), never
+# on the test scenes. The model was taught edit-shaped targets (assets/toy/README.md), so its edits need SD's usual
+# scales, not the 25-40 its first weights did. All with the sampler's keep_photo_outside_masks, threshold 0.9, on the
+# committed (second) fine-tune: removal at scale 3 / 4 / 5 / 7 / 10 lands 9 / 11 / 17 / 15 / 10 of 20; alteration at
+# 3 / 5 / 7 / 10 lands 2 / 9 / 11 / 8. (The first fine-tune's sweep, same record: removal best 14 at 7, alteration best
+# 9 at 5.) Without keep-photo the caption (the inversion's source, guiding every step) paints the edited object's
+# old colour onto the other object, outside the masks; keep-photo puts the photo back there.
+REMOVE = {"scale": 5.0, "threshold": 0.9}
+ALTER = {"scale": 7.0, "threshold": 0.9}
 KEEP_PHOTO = True  # the LEDITS Sampler's keep_photo_outside_masks for the concept edits
 
 # The localisation figures' concept scale: small enough that the run stays on the photo's trajectory (its latent
