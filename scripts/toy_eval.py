@@ -42,9 +42,9 @@ SOURCE_SCALE = 3.5  # the inversion's source (caption) guidance; a prompt edit's
 # on the test scenes. The model was taught edit-shaped targets (assets/toy/README.md), so its edits need SD's usual
 # scales, not the 25-40 its first weights did. All with the sampler's keep_photo_outside_masks, threshold 0.9, on the
 # committed (second) fine-tune: removal at scale 3 / 4 / 5 / 7 / 10 lands 9 / 11 / 17 / 15 / 10 of 20; alteration at
-# 3 / 5 / 7 / 10 lands 2 / 9 / 11 / 8. (The first fine-tune's sweep, record 2026-12-08_one_run.json: removal best 14 at 7,
-# alteration best 9 at 5.) Without keep-photo the caption (the inversion's source, guiding every step) paints the edited object's
-# old colour onto the other object, outside the masks; keep-photo puts the photo back there.
+# 3 / 5 / 7 / 10 lands 2 / 9 / 11 / 8. (The first fine-tune's sweep, record 2026-12-08_one_run.json: removal best 14
+# at 7, alteration best 9 at 5.) Without keep-photo the caption (the inversion's source, guiding every step) paints
+# the edited object's old colour onto the other object, outside the masks; keep-photo puts the photo back there.
 REMOVE = {"scale": 5.0, "threshold": 0.9}
 ALTER = {"scale": 7.0, "threshold": 0.9}
 KEEP_PHOTO = True  # the LEDITS Sampler's keep_photo_outside_masks for the concept edits
@@ -56,8 +56,9 @@ LOCALISATION_SCALE = 1e-3
 
 SWAP = {"cross_replace": 0.8, "self_replace": 0.4}
 # The swap's guidance, chosen on the first fine-tune's validation runs: scale 5 / 10 recolour 13 / 7 of 20 (the first
-# weights needed 20; scale 20 was not swept on these); not re-swept on the second fine-tune, which at 5 gives 13. Away from the source scale (3.5) an unchanged caption
-# no longer gives the photo back exactly, so that check stays at SOURCE_SCALE.
+# weights needed 20; scale 20 was not swept on these); not re-swept on the second fine-tune, which at 5 gives 13.
+# Away from the source scale (3.5) an unchanged caption no longer gives the photo back exactly, so that check stays
+# at SOURCE_SCALE.
 SWAP_SCALE = 5.0
 
 
